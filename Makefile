@@ -1,0 +1,18 @@
+# The whole set-up: `make run` and `make test` each create .venv and install normexp (editable, with
+# the dev extra) when pyproject.toml is newer than the last install.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+# The main job: BatchNorm vs no normalization on the embedded digits data, then the comparison.
+run: $(VENV)/.installed
+	$(PY) -m normexp.train -m experiment=convergence
+
+test: $(VENV)/.installed
+	$(PY) -m pytest

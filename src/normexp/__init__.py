@@ -1,0 +1,1 @@
+"""normexp: normalization-layer experiments, tracked in MLflow."""

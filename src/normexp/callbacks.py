@@ -1,0 +1,70 @@
+"""Training callbacks: the divergence guard and the per-epoch history (with epoch timing)."""
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from normexp.errors import ConfigError
+
+
+class DivergenceGuard(pl.Callback):
+    """Stop training at the first step whose loss is non-finite or above `factor` x the first
+    epoch's mean loss, or whose BN running statistics are non-finite. Divergence is a result:
+    `diverged_at_step` is the global step it happened at, and training ends normally.
+
+    During the first epoch the reference is the mean of its losses so far.
+    """
+
+    def __init__(self, factor: float):
+        if not factor > 1:
+            raise ConfigError(f"divergence.factor={factor} must be > 1; e.g. divergence.factor=10")
+        self.factor = factor
+        self.diverged_at_step: int | None = None
+        self.reason = ""
+        self._first_epoch_losses: list[float] = []
+        self._reference: float | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self._running_stats = [b for name, b in pl_module.named_buffers() if "running_" in name]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = float(outputs["loss"])
+        if self._reference is None:
+            self._first_epoch_losses.append(loss)
+        reference = self._reference or sum(self._first_epoch_losses) / len(self._first_epoch_losses)
+        if not math.isfinite(loss):
+            self.reason = f"loss {loss}"
+        elif loss > self.factor * reference:
+            self.reason = f"loss {loss:.4g} > {self.factor:g} x first-epoch loss {reference:.4g}"
+        elif self._running_stats and not all(torch.isfinite(b).all() for b in self._running_stats):
+            self.reason = "non-finite BN running statistics"
+        else:
+            return
+        self.diverged_at_step = trainer.global_step
+        trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._reference is None and self._first_epoch_losses:
+            self._reference = sum(self._first_epoch_losses) / len(self._first_epoch_losses)
+
+
+class EpochHistory(pl.Callback):
+    """Records each epoch's logged metrics and wall time (validation included); logs `time/epoch_s`."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, float]] = []  # one dict per epoch: {'train/loss': ..., 'val/acc': ...}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        seconds = time.perf_counter() - self._start
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
+        # Validation runs inside the training epoch, so its metrics are already here.
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("train", "val")}
+        self.epochs.append(metrics | {"time/epoch_s": seconds})
+
+    def curve(self, key: str) -> list[float]:
+        return [epoch.get(key, math.nan) for epoch in self.epochs]

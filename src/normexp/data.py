@@ -1,0 +1,209 @@
+"""Data sets as in-memory tensors, and a seeded batch iterator that slices them.
+
+Every split is one float tensor of standardized images (N, C, H, W) and one label tensor (N,).
+Batches are slices of a seeded permutation: no DataLoader, no per-sample Python.
+"""
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from normexp.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+# Raw IDX file stems shared by MNIST and Fashion-MNIST (each may also end in .gz).
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Where Debian's dataset-fashion-mnist package installs the raw files; used when root is null.
+KNOWN_LOCAL_ROOTS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32, standardized
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # (C, H, W)
+
+
+class Batches:
+    """Iterates over (x, y) slices of a split; a new seeded permutation each pass when shuffling.
+
+    Pass k uses the generator seeded with `seed + k`, so two runs with the same seed see the same
+    batches in the same order.
+    """
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0):
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.split)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.passes)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        self.passes += 1
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.split.x[index], self.split.y[index]
+
+
+def load(cfg, seed: int) -> DataSplits:
+    """Load `cfg.name` as standardized tensors split into train / val / test (seeded)."""
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{cfg.name}'; expected one of {', '.join(DATASETS)}")
+    if cfg.name == "digits":
+        images, labels = _digits()
+        pool, test = _split_off(images, labels, cfg.test_fraction, seed)
+    elif cfg.name == "cifar10":
+        pool, test = _torchvision_dataset(cfg)
+    else:
+        pool, test = _idx_dataset(cfg)
+    train, val = _split_off(*pool, cfg.val_fraction, seed + 1)
+    train = _subset(train, cfg, seed + 2)
+    standardize = _standardizer(cfg)
+    splits = [Split(standardize(x), torch.as_tensor(y, dtype=torch.int64)) for x, y in (train, val, test)]
+    num_classes = int(max(int(s.y.max()) for s in splits)) + 1
+    return DataSplits(*splits, num_classes=num_classes)
+
+
+def _standardizer(cfg):
+    mean = torch.tensor(list(cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
+
+    def standardize(images: np.ndarray) -> torch.Tensor:  # (N, C, H, W) raw pixel values
+        return (torch.as_tensor(images, dtype=torch.float32) / cfg.max_value - mean) / std
+
+    return standardize
+
+
+def _split_off(images, labels, fraction: float, seed: int):
+    """Split (images, labels) into (kept, held_out) with `fraction` held out, seeded."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    n_held = int(round(fraction * len(labels)))
+    held, kept = order[:n_held], order[n_held:]
+    return (images[kept], labels[kept]), (images[held], labels[held])
+
+
+def _subset(train, cfg, seed: int):
+    images, labels = train
+    n = len(labels)
+    if cfg.train_size is not None:
+        if not 1 <= cfg.train_size <= n:
+            raise ConfigError(
+                f"dataset.train_size={cfg.train_size} is out of range; the {cfg.name} training split "
+                f"has {n} images: use 1..{n}, or null for all"
+            )
+        keep = cfg.train_size
+    else:
+        if not 0 < cfg.fraction <= 1:
+            raise ConfigError(f"dataset.fraction={cfg.fraction} must be in (0, 1]; e.g. dataset.fraction=0.1")
+        keep = max(1, int(round(cfg.fraction * n)))
+    order = np.random.default_rng(seed).permutation(n)[:keep]
+    return images[order], labels[order]
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.reshape(-1, 1, 8, 8).astype(np.float32), digits.target
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped): big-endian header, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise ConfigError(f"{path} is not an IDX file of unsigned bytes (header {raw[:4].hex()})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def _read_idx_folder(folder: Path):
+    """((train_images, train_labels), (test_images, test_labels)) from a folder of IDX files."""
+    splits = []
+    for images_stem, labels_stem in IDX_FILES.values():
+        images, labels = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
+        images = read_idx(images)[:, None]  # (N, 1, 28, 28)
+        splits.append((images, read_idx(labels).astype(np.int64)))
+    return tuple(splits)
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return all(_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair)
+
+
+def _idx_dataset(cfg):
+    if cfg.root is not None:
+        root = Path(cfg.root)
+        if not _has_idx_files(root):
+            raise ConfigError(
+                f"dataset.root={cfg.root} does not hold the {cfg.name} IDX files "
+                f"({', '.join(s for pair in IDX_FILES.values() for s in pair)}, optionally .gz); "
+                "point dataset.root at the folder that has them"
+            )
+        return _read_idx_folder(root)
+    known = KNOWN_LOCAL_ROOTS.get(cfg.name)
+    if known is not None and _has_idx_files(known):
+        return _read_idx_folder(known)
+    return _torchvision_dataset(cfg)
+
+
+def _torchvision_dataset(cfg):
+    import torchvision.datasets as tvd
+
+    dataset_class = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]
+    folder = Path(cfg.download_dir).expanduser()
+    try:
+        train = dataset_class(str(folder), train=True, download=True)
+        test = dataset_class(str(folder), train=False, download=True)
+    except (OSError, RuntimeError) as error:  # offline: urllib's URLError is an OSError
+        local = KNOWN_LOCAL_ROOTS.get(cfg.name)
+        looked = f"{folder}" + (f" and {local}" if local else "")
+        raise ConfigError(
+            f"dataset '{cfg.name}' is not available offline: looked in {looked} and the download failed "
+            f"({type(error).__name__}). Download it once while online, or pass dataset.root=<folder with "
+            "the raw files>"
+        ) from None
+    return tuple((_channels_first(d.data), np.asarray(d.targets, dtype=np.int64)) for d in (train, test))
+
+
+def _channels_first(data) -> np.ndarray:
+    data = np.asarray(data)
+    # MNIST-like (N, H, W) -> (N, 1, H, W); CIFAR-10 (N, H, W, C) -> (N, C, H, W)
+    return data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)

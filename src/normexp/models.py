@@ -1,0 +1,103 @@
+"""MLPs and CNNs built from widths and a norm config.
+
+Every hidden layer is a named block `nn.Sequential(layer, norm, act[, ...])` (placement=pre) or
+`(layer, act, norm[, ...])` (placement=post), so probes find each block's `layer`, `norm` and `act`
+by name: `hidden1.norm`, `conv2a.act`, ...
+"""
+
+from collections import OrderedDict
+
+from torch import nn
+
+from normexp import norms
+from normexp.errors import ConfigError
+
+ARCHS = ("mlp", "cnn", "cnn_modern")
+
+
+def hidden_widths(model_cfg) -> list[int]:
+    """The width of every normalized layer, for checks that depend on it (GroupNorm's num_groups)."""
+    if model_cfg.arch == "mlp":
+        return list(model_cfg.widths)
+    if model_cfg.arch == "cnn":
+        return list(model_cfg.channels)
+    if model_cfg.arch == "cnn_modern":
+        return list(model_cfg.channels) + [model_cfg.head_channels]
+    raise ConfigError(f"unknown model.arch '{model_cfg.arch}'; expected one of {', '.join(ARCHS)}")
+
+
+def build(model_cfg, norm_cfg, input_shape: tuple[int, int, int], num_classes: int, batch_size: int) -> nn.Sequential:
+    """The model for inputs of `input_shape` (C, H, W); fails fast on a norm that cannot fit it."""
+    widths = hidden_widths(model_cfg)
+    spatial = model_cfg.arch != "mlp"
+    norms.check(norm_cfg, widths, spatial, batch_size)
+    if not 0 <= model_cfg.dropout < 1:
+        raise ConfigError(f"model.dropout={model_cfg.dropout} must be in [0, 1); e.g. model.dropout=0.2")
+    channels, height, width = input_shape
+    if model_cfg.arch == "mlp":
+        return _mlp(model_cfg, norm_cfg, channels * height * width, num_classes)
+    if model_cfg.arch == "cnn":
+        return _cnn(model_cfg, norm_cfg, input_shape, num_classes)
+    return _cnn_modern(model_cfg, norm_cfg, channels, num_classes)
+
+
+def _hidden_block(layer_class, fan_in: int, width: int, norm_cfg, spatial: bool, extra=()) -> nn.Sequential:
+    """layer -> norm -> act (pre) or layer -> act -> norm (post), then `extra` (pool, dropout)."""
+    shifted = norms.has_shift(norm_cfg) and norm_cfg.placement == "pre"
+    kwargs = {"kernel_size": 3, "padding": 1} if spatial else {}
+    # A norm with a learned shift right after the layer makes the layer's bias redundant.
+    parts = [("layer", layer_class(fan_in, width, bias=not shifted, **kwargs))]
+    act = ("act", nn.ReLU())
+    if norm_cfg.kind == "none":
+        parts.append(act)
+    else:
+        norm = ("norm", norms.make_norm(norm_cfg, width, spatial))
+        parts += [norm, act] if norm_cfg.placement == "pre" else [act, norm]
+    return nn.Sequential(OrderedDict(parts + list(extra)))
+
+
+def _dropout(p: float) -> list:
+    return [("drop", nn.Dropout(p))] if p > 0 else []
+
+
+def _mlp(cfg, norm_cfg, in_features: int, num_classes: int) -> nn.Sequential:
+    blocks = [("flatten", nn.Flatten())]  # (N, C, H, W) -> (N, C*H*W)
+    fan_in = in_features
+    for i, width in enumerate(cfg.widths, start=1):
+        blocks.append((f"hidden{i}", _hidden_block(nn.Linear, fan_in, width, norm_cfg, False, _dropout(cfg.dropout))))
+        fan_in = width
+    blocks.append(("out", nn.Linear(fan_in, num_classes)))
+    return nn.Sequential(OrderedDict(blocks))
+
+
+def _cnn(cfg, norm_cfg, input_shape, num_classes: int) -> nn.Sequential:
+    channels, height, width = input_shape
+    blocks, fan_in = [], channels
+    for i, out_channels in enumerate(cfg.channels, start=1):
+        pool = [("pool", nn.MaxPool2d(2))]  # halves H and W
+        blocks.append((f"conv{i}", _hidden_block(nn.Conv2d, fan_in, out_channels, norm_cfg, True, pool)))
+        fan_in, height, width = out_channels, height // 2, width // 2
+    if height == 0 or width == 0:
+        raise ConfigError(
+            f"model.channels={list(cfg.channels)} pools the {input_shape[1]}x{input_shape[2]} input "
+            "down to nothing; use fewer conv blocks"
+        )
+    blocks += [("flatten", nn.Flatten())] + _dropout(cfg.dropout)  # (N, C, H, W) -> (N, C*H*W)
+    blocks.append(("out", nn.Linear(fan_in * height * width, num_classes)))
+    return nn.Sequential(OrderedDict(blocks))
+
+
+def _cnn_modern(cfg, norm_cfg, in_channels: int, num_classes: int) -> nn.Sequential:
+    blocks, fan_in = [], in_channels
+    for i, out_channels in enumerate(cfg.channels, start=1):
+        blocks.append((f"conv{i}a", _hidden_block(nn.Conv2d, fan_in, out_channels, norm_cfg, True)))
+        blocks.append((f"conv{i}b", _hidden_block(nn.Conv2d, out_channels, out_channels, norm_cfg, True)))
+        # ceil_mode keeps odd sizes (7x7 after MNIST's first pool) from losing a row and column
+        pool = [("pool", nn.MaxPool2d(2, ceil_mode=True))] + _dropout(cfg.dropout)
+        blocks.append((f"pool{i}", nn.Sequential(OrderedDict(pool))))
+        fan_in = out_channels
+    blocks.append(("head", _hidden_block(nn.Conv2d, fan_in, cfg.head_channels, norm_cfg, True)))
+    blocks.append(("gap", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())))  # (N, C, H, W) -> (N, C)
+    blocks += _dropout(cfg.dropout)
+    blocks.append(("out", nn.Linear(cfg.head_channels, num_classes)))
+    return nn.Sequential(OrderedDict(blocks))

@@ -1,0 +1,138 @@
+"""run(cfg) -> Outcome: the one function that trains. `python -m normexp.train` is its Hydra CLI."""
+
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+
+import hydra
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import MLFlowLogger
+
+from normexp import data, models, tracking
+from normexp.callbacks import DivergenceGuard, EpochHistory
+from normexp.module import Classifier, check_optim
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    name: str
+    diverged: bool
+    diverged_at_step: int | None
+    converged: bool                 # not diverged and best val accuracy >= dataset.converge_acc
+    epochs_to_target: int | None    # first epoch (1-based) with val accuracy >= dataset.target_acc
+    best_val_acc: float
+    final_val_acc: float
+    train_val_gap: float            # final train accuracy - final val accuracy
+    epoch_s: float                  # mean wall seconds per epoch, validation included
+    epochs: int                     # epochs trained (fewer than max_epochs when diverged)
+    test_acc: float
+    val_acc_curve: list[float] = field(repr=False)
+
+    def summary(self) -> str:
+        verdict = f"DIVERGED at step {self.diverged_at_step}" if self.diverged else (
+            "converged" if self.converged else "did not converge")
+        target = f"target at epoch {self.epochs_to_target}" if self.epochs_to_target else "target not reached"
+        return (f"{self.name}: {verdict}; val acc {self.final_val_acc:.4f} (best {self.best_val_acc:.4f}), "
+                f"{target}, test acc {self.test_acc:.4f}, {self.epoch_s:.2f} s/epoch  [run {self.run_id}]")
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Keras-style counts: trainable parameters vs non-trainable state (frozen params, BN running stats)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    running = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    return {"params_trainable": trainable, "params_non_trainable": frozen + running}
+
+
+def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
+    """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    # Everything that can refuse the config runs before the MLflow run exists.
+    check_optim(cfg.optim)
+    splits = data.load(cfg.dataset, cfg.seed)
+    model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
+    guard, history = DivergenceGuard(cfg.divergence.factor), EpochHistory()
+    counts = parameter_counts(model)
+
+    client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=counts)
+    try:
+        show_progress = cfg.trainer.progress_bar if cfg.trainer.progress_bar is not None else sys.stderr.isatty()
+        trainer = pl.Trainer(
+            max_epochs=cfg.trainer.max_epochs,
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            deterministic=cfg.trainer.deterministic,
+            logger=MLFlowLogger(experiment_name=cfg.tracking.experiment,
+                                tracking_uri=tracking.tracking_uri(cfg.tracking), run_id=run_id),
+            callbacks=[guard, history, *callbacks],
+            enable_checkpointing=False,
+            enable_progress_bar=show_progress,
+            enable_model_summary=show_progress,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,  # metrics are epoch means; this only silences a warning on small data
+        )
+        batch_size = cfg.dataset.batch_size
+        classifier = Classifier(model, cfg.optim)
+        trainer.fit(
+            classifier,
+            train_dataloaders=data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed),
+            val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
+        )
+        test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False, drop_last=False),
+                                    verbose=False)[0]
+        outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
+        _log_outcome(client, run_id, outcome)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return outcome
+
+
+def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, test_acc: float) -> Outcome:
+    val_acc = history.curve("val/acc")
+    finite = [a for a in val_acc if math.isfinite(a)] or [0.0]
+    reached = [epoch for epoch, acc in enumerate(val_acc, start=1) if acc >= cfg.dataset.target_acc]
+    diverged = guard.diverged_at_step is not None
+    final = history.epochs[-1] if history.epochs else {}
+    return Outcome(
+        run_id=run_id,
+        name=tracking.run_name(cfg),
+        diverged=diverged,
+        diverged_at_step=guard.diverged_at_step,
+        converged=not diverged and max(finite) >= cfg.dataset.converge_acc,
+        epochs_to_target=reached[0] if reached else None,
+        best_val_acc=max(finite),
+        final_val_acc=final.get("val/acc", math.nan),
+        train_val_gap=final.get("train/acc", math.nan) - final.get("val/acc", math.nan),
+        epoch_s=sum(history.curve("time/epoch_s")) / max(1, len(history.epochs)),
+        epochs=len(history.epochs),
+        test_acc=float(test_acc),
+        val_acc_curve=val_acc,
+    )
+
+
+def _log_outcome(client, run_id: str, outcome: Outcome) -> None:
+    """The verdict as tags (filterable in the MLflow UI) and the figures as metrics."""
+    tracking.set_tags(client, run_id, {
+        "diverged": str(outcome.diverged).lower(),
+        "converged": str(outcome.converged).lower(),
+        **({"diverged_at_step": outcome.diverged_at_step} if outcome.diverged else {}),
+    })
+    figures = {k: v for k, v in asdict(outcome).items()
+               if k in ("best_val_acc", "final_val_acc", "train_val_gap", "epoch_s", "epochs",
+                        "diverged_at_step", "epochs_to_target")
+               and v is not None}
+    tracking.log_metrics(client, run_id, {f"outcome/{k}": v for k, v in figures.items()})
+
+
+@hydra.main(version_base=None, config_path="../../conf", config_name="train")
+def main(cfg) -> Outcome:
+    outcome = run(cfg, parent_run_id=tracking.sweep_parent_run_id())
+    print(outcome.summary())
+    return outcome
+
+
+if __name__ == "__main__":
+    main()
