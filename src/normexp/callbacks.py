@@ -10,11 +10,12 @@ from normexp.errors import ConfigError
 
 
 class DivergenceGuard(pl.Callback):
-    """Stop training at the first step whose loss is non-finite or above `factor` x the first
-    epoch's mean loss, or whose BN running statistics are non-finite. Divergence is a result:
-    `diverged_at_step` is the global step it happened at, and training ends normally.
+    """Stop training at the first step whose loss is non-finite or above `factor` x the first step's
+    loss, or whose BN running statistics are non-finite. Divergence is a result: `diverged_at_step`
+    is the global step it happened at, and training ends normally.
 
-    During the first epoch the reference is the mean of its losses so far.
+    The reference is the untrained model's loss (about ln(num_classes)): a first-epoch mean would
+    already contain the blow-up it is meant to detect (Adam at lr 10 reaches 1e11 at step 2).
     """
 
     def __init__(self, factor: float):
@@ -23,7 +24,6 @@ class DivergenceGuard(pl.Callback):
         self.factor = factor
         self.diverged_at_step: int | None = None
         self.reason = ""
-        self._first_epoch_losses: list[float] = []
         self._reference: float | None = None
 
     def on_fit_start(self, trainer, pl_module):
@@ -32,22 +32,17 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = float(outputs["loss"])
         if self._reference is None:
-            self._first_epoch_losses.append(loss)
-        reference = self._reference or sum(self._first_epoch_losses) / len(self._first_epoch_losses)
+            self._reference = loss
         if not math.isfinite(loss):
             self.reason = f"loss {loss}"
-        elif loss > self.factor * reference:
-            self.reason = f"loss {loss:.4g} > {self.factor:g} x first-epoch loss {reference:.4g}"
+        elif loss > self.factor * self._reference:
+            self.reason = f"loss {loss:.4g} > {self.factor:g} x first-step loss {self._reference:.4g}"
         elif self._running_stats and not all(torch.isfinite(b).all() for b in self._running_stats):
             self.reason = "non-finite BN running statistics"
         else:
             return
         self.diverged_at_step = trainer.global_step
         trainer.should_stop = True
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self._reference is None and self._first_epoch_losses:
-            self._reference = sum(self._first_epoch_losses) / len(self._first_epoch_losses)
 
 
 class EpochHistory(pl.Callback):

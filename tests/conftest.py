@@ -1,0 +1,63 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk, tracked in a real temporary SQLite store."""
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="session")
+def tracking_dir(tmp_path_factory) -> Path:
+    # One SQLite store for the session (creating its tables takes seconds); each test gets its own
+    # experiment in it, so tests never see each other's runs.
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture
+def tracking_uri(tracking_dir) -> str:
+    return f"sqlite:///{tracking_dir}/mlflow.db"
+
+
+@pytest.fixture
+def experiment_name(request) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
+
+
+@pytest.fixture
+def compose_cfg(tracking_uri, experiment_name):
+    """compose_cfg(*overrides): conf/train.yaml with the overrides, shrunk to 2 quiet epochs and
+    tracked in this test's own experiment of the session's temporary store."""
+
+    def make(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            return compose("train", overrides=[
+                f"tracking.uri={tracking_uri}",
+                f"tracking.experiment={experiment_name}",
+                "trainer.max_epochs=2",
+                "trainer.progress_bar=false",
+                *overrides,
+            ])
+
+    return make
+
+
+@pytest.fixture
+def mlflow_client(tracking_uri) -> MlflowClient:
+    return MlflowClient(tracking_uri)
+
+
+@pytest.fixture
+def experiment_runs(mlflow_client, experiment_name):
+    """experiment_runs(): every run of this test's experiment, oldest first."""
+
+    def runs():
+        experiment = mlflow_client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            return []
+        return mlflow_client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+    return runs

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from normexp import models, scratch
+from normexp.errors import ConfigError
+
+DIGITS_SHAPE, MNIST_SHAPE = (1, 8, 8), (1, 28, 28)
+
+
+def build(compose_cfg, *overrides, input_shape=DIGITS_SHAPE, batch_size=64):
+    cfg = compose_cfg(*overrides)
+    return models.build(cfg.model, cfg.norm, input_shape, 10, batch_size)
+
+
+def test_default_mlp_is_the_exercises_784_256_128_64_32_10(compose_cfg):
+    model = build(compose_cfg, "norm=bn", input_shape=MNIST_SHAPE)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, 256), (256, 128), (128, 64), (64, 32), (32, 10)]
+    assert all(isinstance(getattr(model, f"hidden{i}").norm, nn.BatchNorm1d) for i in range(1, 5))
+
+
+def test_pre_placement_drops_the_bias_that_the_norm_shift_makes_redundant(compose_cfg):
+    pre = build(compose_cfg, "norm=bn")
+    assert list(pre.hidden1._modules) == ["layer", "norm", "act"] and pre.hidden1.layer.bias is None
+    post = build(compose_cfg, "norm=bn", "norm.placement=post")
+    assert list(post.hidden1._modules) == ["layer", "act", "norm"] and post.hidden1.layer.bias is not None
+    plain = build(compose_cfg, "norm=none")
+    assert list(plain.hidden1._modules) == ["layer", "act"] and plain.hidden1.layer.bias is not None
+
+
+@pytest.mark.parametrize("norm, layer_type", [
+    ("bn", nn.BatchNorm2d), ("ln", nn.GroupNorm), ("gn", nn.GroupNorm), ("in", nn.InstanceNorm2d),
+    ("bn_scratch", scratch.BatchNorm),
+])
+def test_cnn_norm_layers(compose_cfg, norm, layer_type):
+    model = build(compose_cfg, "model=cnn", f"norm={norm}", input_shape=MNIST_SHAPE)
+    assert isinstance(model.conv1.norm, layer_type)
+    assert model(torch.randn(4, *MNIST_SHAPE)).shape == (4, 10)
+
+
+def test_cnn_modern_blocks_and_shapes(compose_cfg):
+    model = build(compose_cfg, "model=cnn_modern", "norm=gn", input_shape=MNIST_SHAPE)
+    assert [n for n in model._modules][:3] == ["conv1a", "conv1b", "pool1"]
+    assert model.head.layer.out_channels == 128 and isinstance(model.pool1.drop, nn.Dropout)
+    assert model(torch.randn(2, *MNIST_SHAPE)).shape == (2, 10)
+
+
+def test_mlp_deep_has_more_than_five_hidden_layers(compose_cfg):
+    model = build(compose_cfg, "model=mlp_deep")
+    assert sum(name.startswith("hidden") for name in model._modules) > 5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["norm=gn", "norm.num_groups=5"], r"norm.num_groups=5 does not divide the layer width\(s\) \[256, 128, 64, 32\]; choose one of \[1, 2, 4, 8, 16, 32\]"),
+    (["norm=in"], "norm=in \\(InstanceNorm\\) needs spatial dims"),
+    (["norm=ln_scratch", "model=cnn"], "norm=ln_scratch is written for \\(N, D\\) features"),
+    (["norm.kind=bm"], "unknown norm 'bm'; expected one of none, bn, ln, gn, in"),
+    (["norm.placement=middle"], "unknown norm.placement 'middle'; expected one of pre, post"),
+    (["model.dropout=1.5"], r"model.dropout=1.5 must be in \[0, 1\)"),
+])
+def test_invalid_combinations_fail_fast_with_the_fix(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build(compose_cfg, *overrides)
+
+
+def test_batchnorm_refuses_a_batch_of_one(compose_cfg):
+    with pytest.raises(ConfigError, match="dataset.batch_size=1 with norm=bn: BatchNorm cannot train on a batch of one"):
+        build(compose_cfg, "norm=bn", batch_size=1)
+    build(compose_cfg, "norm=ln", batch_size=1)  # LayerNorm has no batch dependence
+
+
+def test_cnn_too_deep_for_the_input_is_refused(compose_cfg):
+    with pytest.raises(ConfigError, match="pools the 8x8 input down to nothing"):
+        build(compose_cfg, "model=cnn", "model.channels=[8,8,8,8]")

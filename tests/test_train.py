@@ -1,0 +1,117 @@
+import itertools
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.errors import CompactHydraException
+
+from normexp import train
+from normexp.errors import ConfigError
+
+MODELS = ("mlp", "mlp_deep", "cnn", "cnn_modern")
+NORMS = ("none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch")
+SPATIAL_ONLY, FLAT_ONLY = {"in"}, {"ln_scratch"}
+
+
+def is_valid(model: str, norm: str) -> bool:
+    spatial = model.startswith("cnn")
+    return not (norm in SPATIAL_ONLY and not spatial) and not (norm in FLAT_ONLY and spatial)
+
+
+@pytest.mark.parametrize("model, norm", [c for c in itertools.product(MODELS, NORMS) if is_valid(*c)])
+def test_every_valid_model_and_norm_trains_one_epoch(compose_cfg, experiment_runs, model, norm):
+    cfg = compose_cfg(f"model={model}", f"norm={norm}", "trainer.max_epochs=1", "dataset.train_size=256")
+    outcome = train.run(cfg)
+    assert outcome.epochs == 1 and not outcome.diverged
+    (run,) = experiment_runs()
+    assert run.info.status == "FINISHED"
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "time/epoch_s"} <= set(run.data.metrics)
+
+
+@pytest.mark.parametrize("model, norm", [c for c in itertools.product(MODELS, NORMS) if not is_valid(*c)])
+def test_every_invalid_model_and_norm_fails_before_any_run(compose_cfg, experiment_runs, model, norm):
+    with pytest.raises(ConfigError, match=f"norm={norm}"):
+        train.run(compose_cfg(f"model={model}", f"norm={norm}"))
+    assert experiment_runs() == []  # nothing recorded, nothing left RUNNING
+
+
+def test_config_errors_are_printed_by_hydra_as_one_line():
+    assert issubclass(ConfigError, CompactHydraException)
+
+
+def test_same_seed_same_config_gives_identical_metrics(compose_cfg, mlflow_client):
+    first, second = (train.run(compose_cfg("norm=bn", "model.dropout=0.2")) for _ in range(2))
+    assert first.val_acc_curve == second.val_acc_curve and first.test_acc == second.test_acc
+    for key in ("train/loss", "val/loss"):
+        histories = [[m.value for m in mlflow_client.get_metric_history(o.run_id, key)] for o in (first, second)]
+        assert histories[0] == histories[1]
+    other_seed = train.run(compose_cfg("norm=bn", "model.dropout=0.2", "seed=1"))
+    assert other_seed.val_acc_curve != first.val_acc_curve
+
+
+class CaptureModule(pl.Callback):
+    def on_fit_end(self, trainer, pl_module):
+        self.module, self.train_batches = pl_module, trainer.num_training_batches
+
+
+def test_batchnorm_uses_batch_stats_in_training_and_running_stats_in_eval(compose_cfg, mlflow_client):
+    capture = CaptureModule()
+    outcome = train.run(compose_cfg("norm=bn", "trainer.max_epochs=2"), callbacks=[capture])
+    bn = capture.module.model.hidden1.norm
+    # Only training steps update the running statistics; validation and test batches never do.
+    assert int(bn.num_batches_tracked) == 2 * capture.train_batches
+    # The logged val accuracy is the eval-mode (running statistics) accuracy on the val split.
+    from normexp import data
+    splits = data.load(compose_cfg().dataset, 0)
+    model = capture.module.model.eval()
+    with torch.no_grad():
+        eval_acc = (model(splits.val.x).argmax(1) == splits.val.y).float().mean().item()
+        model.train()
+        batch_stats_out = model(splits.val.x[:8])
+        model.eval()
+        running_stats_out = model(splits.val.x[:8])
+    assert eval_acc == pytest.approx(outcome.final_val_acc, abs=1e-6)
+    assert not torch.allclose(batch_stats_out, running_stats_out)
+
+
+def test_run_records_params_tags_config_and_epoch_metrics(compose_cfg, mlflow_client):
+    outcome = train.run(compose_cfg("norm=bn", "optim.lr=0.01", "trainer.max_epochs=3"))
+    run = mlflow_client.get_run(outcome.run_id)
+    assert run.info.run_name == "bn-adam-lr0.01-bs64-s0"
+    assert {k: run.data.tags[k] for k in ("dataset", "model", "norm", "placement", "optim", "seed")} == {
+        "dataset": "digits", "model": "mlp", "norm": "bn", "placement": "pre", "optim": "adam", "seed": "0"}
+    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    assert run.data.params["optim.lr"] == "0.01" and run.data.params["model.widths"] == "[256, 128, 64, 32]"
+    # 64 -> 256 -> 128 -> 64 -> 32 -> 10, no hidden bias (BN's beta replaces it), gamma + beta per unit.
+    weights = 64 * 256 + 256 * 128 + 128 * 64 + 64 * 32 + 32 * 10 + 10
+    assert run.data.params["params_trainable"] == str(weights + 2 * (256 + 128 + 64 + 32))
+    assert run.data.params["params_non_trainable"] == str(2 * (256 + 128 + 64 + 32))
+    assert [m.step for m in mlflow_client.get_metric_history(outcome.run_id, "val/acc")] == [1, 2, 3]
+    config = mlflow_client.download_artifacts(outcome.run_id, "config.yaml")
+    assert "lr: 0.01" in open(config).read()
+    assert run.data.tags["diverged"] == "false" and run.data.metrics["outcome/epochs"] == 3
+
+
+def test_a_diverging_run_ends_finished_with_the_step(compose_cfg, mlflow_client):
+    # Adam at lr 10 without normalization blows the loss up to ~1e11 at the second step.
+    outcome = train.run(compose_cfg("norm=none", "optim.lr=10", "trainer.max_epochs=3"))
+    assert outcome.diverged and outcome.diverged_at_step <= 3 and outcome.epochs == 1 and not outcome.converged
+    run = mlflow_client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["diverged"] == "true" and run.data.tags["diverged_at_step"] == str(outcome.diverged_at_step)
+    assert run.data.metrics["outcome/diverged_at_step"] == outcome.diverged_at_step
+
+
+def test_outcome_verdict_follows_the_dataset_thresholds(compose_cfg):
+    outcome = train.run(compose_cfg("norm=bn", "trainer.max_epochs=3", "dataset.target_acc=0.5", "dataset.converge_acc=0.99"))
+    assert outcome.epochs_to_target == 1 and outcome.best_val_acc < 0.99 and not outcome.converged
+    assert outcome.best_val_acc == max(outcome.val_acc_curve)
+
+
+def test_scratch_batchnorm_trains_like_torch_batchnorm(compose_cfg, mlflow_client):
+    runs = [train.run(compose_cfg(f"norm={norm}", "trainer.max_epochs=3")) for norm in ("bn", "bn_scratch")]
+    # Same math, different float32 summation order: differences of ~1e-7 per step that Adam, which
+    # divides by the gradient's own scale, grows to ~4e-4 relative over 60 steps.
+    for key in ("train/loss", "val/loss", "val/acc"):
+        bn, scratch = ([m.value for m in mlflow_client.get_metric_history(r.run_id, key)] for r in runs)
+        assert scratch == pytest.approx(bn, rel=2e-3)
