@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: BatchNorm vs no normalization on the embedded digits data, then the comparison.
 run: $(VENV)/.installed
-	$(PY) -m normexp.train -m experiment=convergence
+	$(PY) -m normexp.train -m experiment=convergence dataset=digits
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

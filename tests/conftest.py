@@ -1,13 +1,20 @@
 """Shared fixtures: the real Hydra config, composed and shrunk, tracked in a real temporary SQLite store."""
 
+import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# The test models are tiny: a second thread only adds contention (5x slower on a busy 2-core
+# machine). The variable reaches the subprocesses that tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,12 @@ def test_outcome_verdict_follows_the_dataset_thresholds(compose_cfg):
 def test_scratch_batchnorm_trains_like_torch_batchnorm(compose_cfg, mlflow_client):
     runs = [train.run(compose_cfg(f"norm={norm}", "trainer.max_epochs=3")) for norm in ("bn", "bn_scratch")]
     # Same math, different float32 summation order: differences of ~1e-7 per step that Adam, which
-    # divides by the gradient's own scale, grows to ~4e-4 relative over 60 steps.
-    for key in ("train/loss", "val/loss", "val/acc"):
-        bn, scratch = ([m.value for m in mlflow_client.get_metric_history(r.run_id, key)] for r in runs)
+    # divides by the gradient's own scale, grows to ~4e-4 relative over 60 steps; enough to flip
+    # the prediction of one borderline validation example.
+    history = {key: [[m.value for m in mlflow_client.get_metric_history(r.run_id, key)] for r in runs]
+               for key in ("train/loss", "val/loss", "val/acc")}
+    for key in ("train/loss", "val/loss"):
+        bn, scratch = history[key]
         assert scratch == pytest.approx(bn, rel=2e-3)
+    bn, scratch = history["val/acc"]
+    assert scratch == pytest.approx(bn, abs=1.5 / 269)  # at most one of the 269 validation examples

@@ -5,11 +5,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import MLFlowLogger
 
-from normexp import data, models, tracking
+from normexp import data, models, plots, probes, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
+from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
 
 
@@ -53,6 +56,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
     guard, history = DivergenceGuard(cfg.divergence.factor), EpochHistory()
+    probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
     counts = parameter_counts(model)
 
     client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=counts)
@@ -65,7 +69,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             deterministic=cfg.trainer.deterministic,
             logger=MLFlowLogger(experiment_name=cfg.tracking.experiment,
                                 tracking_uri=tracking.tracking_uri(cfg.tracking), run_id=run_id),
-            callbacks=[guard, history, *callbacks],
+            callbacks=[guard, history, *probing, *callbacks],
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
             enable_model_summary=show_progress,
@@ -83,6 +87,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
                                     verbose=False)[0]
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
         _log_outcome(client, run_id, outcome)
+        plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -129,7 +134,12 @@ def _log_outcome(client, run_id: str, outcome: Outcome) -> None:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
 def main(cfg) -> Outcome:
-    outcome = run(cfg, parent_run_id=tracking.sweep_parent_run_id())
+    try:
+        outcome = run(cfg, parent_run_id=tracking.sweep_parent_run_id())
+    except ConfigError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job, runs the others, then reports it
+        sys.exit(f"error: {error}")  # one line on stderr, exit status 1
     print(outcome.summary())
     return outcome
 

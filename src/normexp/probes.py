@@ -1,0 +1,335 @@
+"""Probes: what happens inside the network, logged to every run (switch off with probes.enabled=false).
+
+Metrics, MLflow step = the 1-based epoch; <layer> is the block name (hidden1, conv2a, head, ...):
+  bn/<layer>/gamma_mean, gamma_std, beta_mean, beta_std   every norm layer with affine parameters. `bn/`
+        names normalization-layer metrics of any kind (BN, LN, GN, IN), so runs compare side by side;
+        the run's `norm` tag says which kind. Stds are population stds over the layer's features.
+  bn/<layer>/running_mean_mean, running_var_mean          layers with running statistics (BatchNorm)
+  bn/<layer>/train_eval_gap   ditto: mean |norm_train(x) - norm_eval(x)| over the probe batch, x being
+        the layer's input: how far the running statistics are from the batch statistics, in output units
+  act/<layer>/pre_mean, pre_std        the block's pre-activation (the input to its ReLU)
+  act/<layer>/post_norm_mean, post_norm_std   the output of the block's norm (same as pre for placement=pre)
+  act/<layer>/dead_frac                fraction of units (features, or channels of a conv) whose ReLU
+        output is 0 for every example (and every pixel) of the probe batch
+Activation statistics come from one eval-mode forward pass of a fixed probe batch (the first
+`probes.probe_batch_size` validation examples) after each epoch: no dropout, no running-stat update,
+no random numbers drawn, so probing never changes training.
+Artifacts: probes/param_counts.{md,csv}, probes/norm_params.{md,csv}, probes/histograms.npz,
+plots/gamma_beta.png, plots/activation_evolution.png, plots/before_after_norm.png.
+"""
+
+import copy
+import csv
+import io
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from mlflow.entities import Metric
+from torch import nn
+
+from normexp import plots
+from normexp.errors import ConfigError
+
+HISTOGRAMS_ARTIFACT = "probes/histograms.npz"
+# Metrics are buffered: one SQLite write costs ~30 ms, a third of a digits epoch. Long runs still
+# show them live, written at the first epoch end this many seconds after the last write.
+WRITE_EVERY_S = 30
+
+
+def hidden_blocks(model: nn.Module) -> dict[str, nn.Sequential]:
+    """The model's hidden blocks by name: the top-level children with an `act` (see models.py)."""
+    return {name: block for name, block in model.named_children() if hasattr(block, "act")}
+
+
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Each hidden block's norm module, keyed by the block name; absent for norm=none."""
+    return {name: block.norm for name, block in hidden_blocks(model).items() if hasattr(block, "norm")}
+
+
+def has_running_stats(norm: nn.Module) -> bool:
+    return getattr(norm, "running_mean", None) is not None
+
+
+def affine_params(norm: nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gamma, beta) flattened to one value per feature, or None for a norm without affine parameters."""
+    if getattr(norm, "weight", None) is None:
+        return None
+    return (norm.weight.detach().flatten().float().cpu().numpy(), norm.bias.detach().flatten().float().cpu().numpy())
+
+
+def norm_summary(norm: nn.Module) -> dict[str, float]:
+    """gamma/beta and running-statistic summaries of one norm layer (population std over features)."""
+    summary = {}
+    params = affine_params(norm)
+    if params is not None:
+        gamma, beta = params
+        summary |= {"gamma_mean": gamma.mean(), "gamma_std": gamma.std(), "gamma_min": gamma.min(),
+                    "gamma_max": gamma.max(), "gamma_absdev": np.abs(gamma - 1).mean(),
+                    "beta_mean": beta.mean(), "beta_std": beta.std(), "beta_absmean": np.abs(beta).mean()}
+    if has_running_stats(norm):
+        mean, var = (b.detach().float().cpu().numpy() for b in (norm.running_mean, norm.running_var))
+        summary |= {"running_mean_mean": mean.mean(), "running_mean_std": mean.std(),
+                    "running_var_mean": var.mean(), "running_var_std": var.std()}
+    return {k: float(v) for k, v in summary.items()}
+
+
+@dataclass
+class HistogramSeries:
+    """One quantity's histogram after each epoch; each epoch has its own bin edges (min..max of the data)."""
+    epochs: np.ndarray  # (E,) 1-based
+    edges: np.ndarray   # (E, bins + 1)
+    counts: np.ndarray  # (E, bins)
+
+
+def histogram(x: torch.Tensor, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges (bins + 1,), counts (bins,)) over the finite values of x, from their min to their max."""
+    # On the CPU: the tensors are small, and CUDA's histc has no deterministic implementation.
+    x = x.detach().flatten().float().cpu()
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # only a diverging run pays for the filtering
+        x = x[torch.isfinite(x)]
+        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (-1.0, 1.0)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts = torch.histc(x, bins, lo, hi)
+    return np.linspace(lo, hi, bins + 1), counts.numpy()
+
+
+def _save_histograms(client, run_id: str, series: dict[str, dict[str, HistogramSeries]]) -> None:
+    """As HISTOGRAMS_ARTIFACT, arrays named epochs and <layer>/<what>/edges, <layer>/<what>/counts."""
+    arrays = {f"{layer}/{what}/{field}": getattr(s, field)
+              for layer, by_what in series.items() for what, s in by_what.items() for field in ("edges", "counts")}
+    epochs = next(s.epochs for by_what in series.values() for s in by_what.values())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(HISTOGRAMS_ARTIFACT).name
+        np.savez_compressed(path, epochs=epochs, **arrays)
+        client.log_artifact(run_id, str(path), str(Path(HISTOGRAMS_ARTIFACT).parent))
+
+
+def load_histograms(client, run_id: str) -> dict[str, dict[str, HistogramSeries]]:
+    """A run's histogram data back from MLflow: {layer: {"pre" | "norm_in" | "norm_out": series}}."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, HISTOGRAMS_ARTIFACT, folder)
+        with np.load(path) as saved:
+            arrays = dict(saved)
+    series = {}
+    for key in arrays:
+        if key.endswith("/counts"):
+            layer, what, _ = key.split("/")
+            series.setdefault(layer, {})[what] = HistogramSeries(
+                arrays["epochs"], arrays[f"{layer}/{what}/edges"], arrays[key])
+    return series
+
+
+class _MetricBuffer:
+    """Per-epoch metrics kept in memory and written to the run in batches (see WRITE_EVERY_S)."""
+
+    def __init__(self):
+        self.items: list[Metric] = []
+        self.written_at = time.monotonic()
+
+    def add(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.items += [Metric(key, float(value), now, step) for key, value in values.items()]
+
+    def write(self, trainer, force: bool = False) -> None:
+        if not self.items or (not force and time.monotonic() - self.written_at < WRITE_EVERY_S):
+            return
+        client, run_id = trainer.logger.experiment, trainer.logger.run_id
+        for start in range(0, len(self.items), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run_id, metrics=self.items[start : start + 1000])
+        self.items, self.written_at = [], time.monotonic()
+
+
+def _log_table(trainer, rows: list[dict], stem: str, caption: str) -> None:
+    """rows as probes/<stem>.md (with the caption) and probes/<stem>.csv; numbers to 4 significant digits."""
+    client, run_id = trainer.logger.experiment, trainer.logger.run_id
+    columns = list(rows[0])
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v := row[c], float) else str(v) for c in columns) + " |"
+              for row in rows]
+    client.log_text(run_id, "\n".join(lines) + "\n", f"probes/{stem}.md")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    client.log_text(run_id, text.getvalue(), f"probes/{stem}.csv")
+
+
+class ParameterTable(pl.Callback):
+    """Logs probes/param_counts.{md,csv}: trainable vs non-trainable per layer and in total, Keras style."""
+
+    def on_fit_start(self, trainer, pl_module):
+        from normexp.train import parameter_counts  # train.py imports this module: import at call time
+
+        model = pl_module.model
+        rows = []
+        for name, module in model.named_modules():
+            counts = parameter_counts(module)
+            if not list(module.children()) and any(counts.values()):  # leaf layers that hold numbers
+                rows.append({"layer": name, "type": type(module).__name__, "trainable": counts["params_trainable"],
+                             "non_trainable": counts["params_non_trainable"]})
+        total = parameter_counts(model)
+        rows.append({"layer": "total", "type": "", "trainable": total["params_trainable"],
+                     "non_trainable": total["params_non_trainable"]})
+        for row in rows:
+            row["total"] = row["trainable"] + row["non_trainable"]
+        _log_table(trainer, rows, "param_counts",
+                   "Parameters per layer. Non-trainable: frozen parameters and BatchNorm running statistics.")
+
+
+class NormProbe(pl.Callback):
+    """bn/<layer>/... metrics each epoch; at the end the norm-parameter table and the gamma/beta figure."""
+
+    def __init__(self, undo_gamma_tol: float, undo_beta_tol: float):
+        if not (undo_gamma_tol > 0 and undo_beta_tol > 0):
+            raise ConfigError(f"probes.undo_gamma_tol={undo_gamma_tol} and probes.undo_beta_tol={undo_beta_tol} "
+                              "must be positive; e.g. 0.5")
+        self.undo_gamma_tol, self.undo_beta_tol = undo_gamma_tol, undo_beta_tol
+        self.metrics = _MetricBuffer()
+
+    EPOCH_KEYS = ("gamma_mean", "gamma_std", "beta_mean", "beta_std", "running_mean_mean", "running_var_mean")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        values = {f"bn/{layer}/{key}": value
+                  for layer, norm in norm_layers(pl_module.model).items()
+                  for key, value in norm_summary(norm).items() if key in self.EPOCH_KEYS}
+        self.metrics.add(values, step=trainer.current_epoch + 1)
+        self.metrics.write(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.metrics.write(trainer, force=True)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.metrics.write(trainer, force=True)
+        layers = norm_layers(pl_module.model)
+        if not layers:
+            return
+        rows = []
+        for layer, norm in layers.items():
+            summary = norm_summary(norm)
+            undoes = (summary.get("gamma_absdev", 0.0) > self.undo_gamma_tol
+                      or summary.get("beta_absmean", 0.0) > self.undo_beta_tol)
+            rows.append({"layer": layer, "type": type(norm).__name__} | summary | {"undoes_norm": undoes})
+        # Every row gets every column (empty where a layer lacks affine parameters or running stats).
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        rows = [{c: row.get(c, "") for c in columns} for row in rows]
+        _log_table(trainer, rows, "norm_params",
+                   f"Normalization layers at the end of training. undoes_norm: the layer learned to undo its "
+                   f"normalization, i.e. gamma_absdev = mean|gamma - 1| > {self.undo_gamma_tol:g} "
+                   f"(probes.undo_gamma_tol) or beta_absmean = mean|beta| > {self.undo_beta_tol:g} "
+                   f"(probes.undo_beta_tol). Stds are over the layer's features.")
+        params = {layer: p for layer, norm in layers.items() if (p := affine_params(norm)) is not None}
+        if params:
+            plots.log_figure(trainer.logger.experiment, trainer.logger.run_id,
+                             plots.gamma_beta_histograms(params), "plots/gamma_beta.png")
+
+
+class ActivationProbe(pl.Callback):
+    """act/<layer>/... and bn/<layer>/train_eval_gap each epoch on a fixed validation batch; histograms
+    of every layer's pre-activation and norm input/output, saved as data and drawn at the end."""
+
+    def __init__(self, probe_x: torch.Tensor, bins: int):
+        if bins < 1:
+            raise ConfigError(f"probes.histogram_bins={bins} must be >= 1; e.g. probes.histogram_bins=50")
+        self.probe_x, self.bins = probe_x, bins  # (N, C, H, W)
+        self.metrics = _MetricBuffer()
+        self.epochs: list[int] = []
+        self.histograms: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (layer, what) -> per epoch
+
+    def on_fit_start(self, trainer, pl_module):
+        self.probe_x = self.probe_x.to(pl_module.device)
+
+    @torch.no_grad()
+    def _forward(self, model: nn.Module) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+        """One eval-mode pass of the probe batch; (layer, "act" | "norm") -> (module input, module output)."""
+        seen, handles = {}, []
+
+        def keeper(key):
+            def hook(module, inputs, output):
+                seen[key] = (inputs[0], output)
+            return hook
+
+        for name, block in hidden_blocks(model).items():
+            for part in ("act", "norm"):
+                if hasattr(block, part):
+                    handles.append(getattr(block, part).register_forward_hook(keeper((name, part))))
+        was_training = model.training
+        model.eval()
+        try:
+            model(self.probe_x)
+        finally:
+            model.train(was_training)
+            for handle in handles:
+                handle.remove()
+        return seen
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module):
+        seen = self._forward(pl_module.model)
+        norms = norm_layers(pl_module.model)
+        values = {}
+        for layer in hidden_blocks(pl_module.model):
+            pre = seen[(layer, "act")][0]  # (N, F) or (N, C, H, W)
+            pre_mean, pre_std = self._describe(layer, "pre", pre)
+            never_active = pre.movedim(1, 0).flatten(1).amax(dim=1) <= 0  # (F,) or (C,): ReLU 0 everywhere
+            values |= {f"act/{layer}/pre_mean": pre_mean, f"act/{layer}/pre_std": pre_std,
+                       f"act/{layer}/dead_frac": never_active.float().mean().item()}
+            if layer in norms:
+                norm_in, norm_out = seen[(layer, "norm")]
+                self._describe(layer, "norm_in", norm_in)
+                if norm_out is pre:  # placement=pre: the norm's output is the ReLU's input, described above
+                    self.histograms.setdefault((layer, "norm_out"), []).append(self.histograms[(layer, "pre")][-1])
+                    out_mean, out_std = pre_mean, pre_std
+                else:
+                    out_mean, out_std = self._describe(layer, "norm_out", norm_out)
+                values |= {f"act/{layer}/post_norm_mean": out_mean, f"act/{layer}/post_norm_std": out_std}
+                if has_running_stats(norms[layer]):
+                    # A copy in train mode normalizes with the batch statistics; its running-stat update
+                    # dies with it, so the model's own state is untouched.
+                    train_out = copy.deepcopy(norms[layer]).train()(norm_in)
+                    values[f"bn/{layer}/train_eval_gap"] = (train_out - norm_out).abs().mean().item()
+        self.epochs.append(trainer.current_epoch + 1)
+        self.metrics.add(values, step=trainer.current_epoch + 1)
+        self.metrics.write(trainer)
+
+    def _describe(self, layer: str, what: str, x: torch.Tensor) -> tuple[float, float]:
+        """Adds this epoch's histogram of x; returns x's (mean, std) over all its elements."""
+        self.histograms.setdefault((layer, what), []).append(histogram(x, self.bins))
+        std, mean = torch.std_mean(x)
+        return mean.item(), std.item()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.metrics.write(trainer, force=True)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.metrics.write(trainer, force=True)
+        if not self.epochs:
+            return
+        client, run_id = trainer.logger.experiment, trainer.logger.run_id
+        series = {}
+        for (layer, what), per_epoch in self.histograms.items():
+            edges, counts = (np.stack(arrays) for arrays in zip(*per_epoch))
+            series.setdefault(layer, {})[what] = HistogramSeries(np.array(self.epochs), edges, counts)
+        _save_histograms(client, run_id, series)
+        plots.log_figure(client, run_id, plots.activation_evolution({layer: s["pre"] for layer, s in series.items()}),
+                         "plots/activation_evolution.png")
+        first_norm = next((layer for layer, s in series.items() if "norm_in" in s), None)
+        if first_norm is not None:
+            s = series[first_norm]
+            plots.log_figure(client, run_id, plots.before_after_norm(s["norm_in"], s["norm_out"], first_norm),
+                             "plots/before_after_norm.png")
+
+
+def make_callbacks(cfg, val) -> list[pl.Callback]:
+    """The probes for one run; `cfg` is the probes config group, `val` the validation Split."""
+    if cfg.probe_batch_size < 2:  # BatchNorm's train-mode output needs two examples
+        raise ConfigError(f"probes.probe_batch_size={cfg.probe_batch_size} must be >= 2; e.g. probes.probe_batch_size=256")
+    probe_x = val.x[: cfg.probe_batch_size]  # (N, C, H, W): the same examples every epoch
+    return [ParameterTable(), NormProbe(cfg.undo_gamma_tol, cfg.undo_beta_tol), ActivationProbe(probe_x, cfg.histogram_bins)]
