@@ -1,5 +1,6 @@
 """MLflow: tracking URI, experiments, runs with params/tags/config, and the parent run of a sweep."""
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 # src/normexp/tracking.py -> the repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg) -> str:
@@ -117,6 +119,9 @@ def sweep_parent_run_id() -> str | None:
 class SweepParentRun(Callback):
     """Hydra callback: one MLflow parent run per multirun; jobs find its id in the sweep folder."""
 
+    def __init__(self):
+        self.run_id: str | None = None  # stays None in a single run, where there is no parent
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         client, experiment_id = client_and_experiment(config.tracking)
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -133,11 +138,25 @@ class SweepParentRun(Callback):
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         # Hydra raises the first failed job only after the whole sweep; mark the parent now, so an
         # aborted sweep is never left RUNNING.
-        if job_return.status.name == "FAILED" and not self.failed:
+        if self.run_id and job_return.status.name == "FAILED" and not self.failed:
             self.failed = True
             self.client.set_tag(self.run_id, "failed_job", " ".join(job_return.overrides))
             self.client.set_terminated(self.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not self.failed:
+        if self.failed:
+            return
+        try:
+            from normexp import report  # imported here: normexp.report imports this module
+
+            answer = report.build_report(self.client, self.run_id)
+            try:
+                report.log_to_run(self.client, self.run_id, answer)
+                print(answer.markdown)
+            finally:
+                answer.close()
+        except Exception as error:  # every job has finished: a report bug must not leave the parent RUNNING
+            log.exception("the sweep's report failed; its runs are complete in MLflow")
+            self.client.set_tag(self.run_id, "report_error", repr(error)[:5000])
+        finally:
             self.client.set_terminated(self.run_id, "FINISHED")

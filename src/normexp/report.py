@@ -1,0 +1,271 @@
+"""Comparison reports: the runs of a sweep -> the tables (Markdown, CSV) and overlay plots that answer its question.
+
+    python -m normexp.report --parent RUN_ID                      # a multirun's parent run
+    python -m normexp.report --experiment convergence --filter "tags.norm = 'bn'"
+    python -m normexp.report --compare-activations RUN_A RUN_B --layer hidden1
+
+Runs that differ only by seed form one variant (normexp.tables); the config params that vary across
+the runs name the variants and decide which tables and figures appear.
+"""
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from omegaconf import OmegaConf
+
+from normexp import plots, tables, tracking
+from normexp.errors import ConfigError
+from normexp.tables import RunData, Table, Variant, stats
+
+ARTIFACT_DIR = "report"  # in the parent run: report/report.md, report/<table>.csv, report/<figure>.png
+
+
+@dataclass
+class Report:
+    title: str
+    summary: list[str]          # lines above the tables: command, common settings, runs left out
+    tables: list[Table]
+    figures: dict[str, Figure]  # file stem -> figure
+
+    @property
+    def markdown(self) -> str:
+        parts = [f"## {self.title}", "", *[f"{line}  " for line in self.summary], ""]
+        parts += [table.markdown for table in self.tables]
+        if self.figures:
+            parts.append("Figures: " + ", ".join(f"{ARTIFACT_DIR}/{name}.png" for name in self.figures) + "\n")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for fig in self.figures.values():
+            plots.plt.close(fig)
+
+
+# ---- Reading runs from MLflow ------------------------------------------------------------------
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def sweep_runs(client: MlflowClient, parent_run_id: str) -> list:
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException:
+        raise ConfigError(f"no run '{parent_run_id}' in {client.tracking_uri}; pass the parent run id a "
+                          "multirun printed (its children's tag `sweep`), and --tracking-uri if not the default") from None
+    return _search(client, parent.info.experiment_id, f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def experiment_runs(client: MlflowClient, experiment: str, filter_string: str = "") -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments())
+        raise ConfigError(f"no experiment '{experiment}' in {client.tracking_uri}; it has: {names}")
+    try:
+        return _search(client, found.experiment_id, filter_string)
+    except MlflowException as error:
+        raise ConfigError(f"--filter \"{filter_string}\" is not an MLflow filter ({error.message}); "
+                          "e.g. --filter \"tags.norm = 'bn' and params.`optim.lr` = '0.01'\"") from None
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    """One value per epoch (MLflow step = 1-based epoch); NaN for an epoch that logged none."""
+    points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+    return [points.get(step, math.nan) for step in range(1, max(points, default=0) + 1)]
+
+
+def load_runs(client: MlflowClient, runs: list) -> tuple[list[RunData], list[str]]:
+    """The finished training runs among `runs`, and a note for each one left out."""
+    loaded, left_out = [], []
+    for run in runs:
+        if "norm.kind" not in run.data.params:  # a sweep's parent or a search study, not a training run
+            continue
+        if run.info.status != "FINISHED":
+            left_out.append(f"left out: {run.info.run_name} ({run.info.run_id}) is {run.info.status}")
+            continue
+        tags = run.data.tags
+        loaded.append(RunData(
+            run_id=run.info.run_id, name=run.info.run_name, params=run.data.params, metrics=run.data.metrics,
+            diverged=tags.get("diverged") == "true",
+            diverged_at_step=int(tags["diverged_at_step"]) if "diverged_at_step" in tags else None,
+            converged=tags.get("converged") == "true",
+            train_loss=_history(client, run.info.run_id, "train/loss"),
+            val_acc=_history(client, run.info.run_id, "val/acc"),
+        ))
+    return loaded, left_out
+
+
+# ---- Figures -----------------------------------------------------------------------------------
+
+def mean_curve(curves: list[list[float]]) -> np.ndarray:
+    """Mean over seeds per epoch, (E,); a run that stopped early (diverged) counts where it has values."""
+    padded = np.full((len(curves), max(map(len, curves), default=0)), np.nan)  # (seeds, E)
+    for i, curve in enumerate(curves):
+        padded[i, : len(curve)] = curve
+    return np.array([np.nanmean(col) if np.isfinite(col).any() else np.nan for col in padded.T])
+
+
+def _accuracy_series(variants: list[Variant], keys: list[str], x_key: str) -> dict:
+    """{label of the other keys: (x, mean, std, diverged) arrays}: final val accuracy against x_key."""
+    others = [k for k in keys if k != x_key]
+    series = {}
+    for v in variants:
+        mean, std, _ = stats(r.metric("outcome/final_val_acc") for r in v.runs)
+        point = (float(v.values[x_key]), mean, std, any(r.diverged for r in v.runs))
+        series.setdefault(v.label(others), []).append(point)
+    return {label: tuple(np.array(values) for values in zip(*points)) for label, points in series.items()}
+
+
+def figures(variants: list[Variant], keys: list[str], target_acc: float | None) -> dict[str, Figure]:
+    loss = {v.label(keys): mean_curve([r.train_loss for r in v.runs]) for v in variants}
+    acc = {v.label(keys): mean_curve([r.val_acc for r in v.runs]) for v in variants}
+    reached = {v.label(keys): stats(r.metrics.get("outcome/epochs_to_target") for r in v.runs)[0] for v in variants}
+    result = {"curves": plots.overlay_curves(loss, acc, reached, target_acc)}
+    for x_key, name in (("optim.lr", "learning rate"), ("dataset.batch_size", "batch size")):
+        if x_key in keys:
+            result[f"accuracy_vs_{tables.column(x_key)}"] = plots.accuracy_vs(
+                name, _accuracy_series(variants, keys, x_key))
+    return result
+
+
+# ---- The report --------------------------------------------------------------------------------
+
+def report_from_runs(client: MlflowClient, runs: list, title: str, command: str | None = None) -> Report:
+    loaded, left_out = load_runs(client, runs)
+    if not loaded:
+        raise ConfigError(f"{title}: no finished training runs to report on"
+                          + (f" ({'; '.join(left_out)})" if left_out else ""))
+    keys = tables.variant_keys(loaded)
+    variants = tables.group(loaded, keys)
+    summary = ([f"Command: `python -m normexp.train -m {command}`"] if command else []) + [
+        f"{len(loaded)} runs, {len(variants)} variant" + ("s" if len(variants) > 1 else ""), tables.common_settings(loaded, keys), *left_out]
+    targets = {r.params.get("dataset.target_acc") for r in loaded}
+    target_acc = float(targets.pop()) if len(targets) == 1 else None
+    return Report(title, summary, tables.for_sweep(variants, keys), figures(variants, keys, target_acc))
+
+
+def build_report(client: MlflowClient, parent_run_id: str) -> Report:
+    """The report of the multirun whose MLflow parent run is `parent_run_id`."""
+    runs = sweep_runs(client, parent_run_id)
+    parent = client.get_run(parent_run_id)
+    return report_from_runs(client, runs, f"Report: {parent.info.run_name} (parent run {parent_run_id})",
+                            parent.data.tags.get("overrides"))
+
+
+def log_to_run(client: MlflowClient, run_id: str, report: Report) -> None:
+    """Markdown, CSVs and PNGs under report/ in the run; the Markdown is also the run's description,
+    shown at the top of the run in the MLflow UI."""
+    client.log_text(run_id, report.markdown, f"{ARTIFACT_DIR}/report.md")
+    for table in report.tables:
+        client.log_text(run_id, table.csv, f"{ARTIFACT_DIR}/{table.name}.csv")
+    for name, fig in report.figures.items():
+        client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/{name}.png")
+    note = report.markdown
+    if len(note) > MAX_TAG_VAL_LENGTH:
+        note = note[: MAX_TAG_VAL_LENGTH - 100] + f"\n\n… (truncated; the whole report is {ARTIFACT_DIR}/report.md)\n"
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, note)
+
+
+def save(report: Report, out_dir: Path) -> list[Path]:
+    """report.md, <table>.md and <table>.csv for each table, <figure>.png; the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {out_dir / "report.md": report.markdown}
+    for table in report.tables:
+        files |= {out_dir / f"{table.name}.md": table.markdown, out_dir / f"{table.name}.csv": table.csv}
+    for path, text in files.items():
+        path.write_text(text)
+    for name, fig in report.figures.items():
+        fig.savefig(out_dir / f"{name}.png", dpi=100)
+    return list(files) + [out_dir / f"{name}.png" for name in report.figures]
+
+
+def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str) -> Figure:
+    """The same layer's pre-activation distribution over epochs in two runs, side by side."""
+    from normexp import probes  # imported here: reading a sweep needs no torch
+
+    series, labels = [], []
+    for run_id in (run_a, run_b):
+        try:
+            histograms = probes.load_histograms(client, run_id)
+        except (MlflowException, OSError):
+            raise ConfigError(f"run '{run_id}' has no {probes.HISTOGRAMS_ARTIFACT} artifact in {client.tracking_uri}; "
+                              "was it trained with probes.enabled=true?") from None
+        if layer not in histograms:
+            raise ConfigError(f"--layer {layer}: run '{run_id}' has no such layer; it has {', '.join(histograms)}")
+        series.append(histograms[layer]["pre"])
+        labels.append(client.get_run(run_id).info.run_name)
+    return plots.activation_evolution_pair(series[0], series[1], tuple(labels), layer)
+
+
+def default_tracking_uri() -> str:
+    """The store `python -m normexp.train` writes to by default (conf/tracking/default.yaml)."""
+    return tracking.tracking_uri(OmegaConf.load(tracking.PROJECT_ROOT / "conf" / "tracking" / "default.yaml"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m normexp.report", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--parent", metavar="RUN_ID", help="the MLflow parent run of a multirun")
+    source.add_argument("--experiment", metavar="NAME", help="the training runs of this MLflow experiment")
+    source.add_argument("--compare-activations", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="one layer's activation distribution over the epochs of two runs, side by side")
+    parser.add_argument("--filter", default="", metavar="MLFLOW_FILTER",
+                        help="with --experiment: only runs matching it, e.g. \"tags.norm = 'bn'\"")
+    parser.add_argument("--layer", default="hidden1", help="with --compare-activations (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: %(default)s")
+    parser.add_argument("--out", type=Path, help="folder for the files (default: reports/<parent run id, "
+                                                 "experiment or compared runs>/ in the project)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """The CLI; returns the paths of the files written."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.filter and not args.experiment:
+        parser.error("--filter goes with --experiment")
+    client = MlflowClient(args.tracking_uri)
+    reports = tracking.PROJECT_ROOT / "reports"
+    try:
+        if args.compare_activations:
+            fig = compare_activations(client, *args.compare_activations, args.layer)
+            path = (args.out or reports / "-".join(r[:8] for r in args.compare_activations)) / f"activations_{args.layer}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=100)
+            plots.plt.close(fig)
+            print(f"wrote {path}")
+            return [path]
+        if args.parent:
+            report, out = build_report(client, args.parent), args.out or reports / args.parent
+        else:
+            title = f"Report: experiment {args.experiment}" + (f" where {args.filter}" if args.filter else "")
+            report = report_from_runs(client, experiment_runs(client, args.experiment, args.filter), title)
+            out = args.out or reports / args.experiment
+    except ConfigError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    try:
+        print(report.markdown)
+        written = save(report, out)
+    finally:
+        report.close()
+    print(f"wrote {len(written)} files to {out}")
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,101 @@
+"""The presets in conf/experiment/: each composes, every job of its sweep builds, and two run shrunk."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from normexp import data, models
+from normexp.module import check_optim
+from normexp.tracking import PROJECT_ROOT
+
+from .conftest import CONF_DIR
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# (C, H, W) of each data set, to build every job's model without the (possibly offline) data.
+INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+# Digits-sized models train several times faster on one thread than on two that wait for each
+# other on a 2-core machine busy with other work.
+ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}
+GROUPS = {"dataset": "name", "model": "name", "norm": "kind", "optim": "name"}
+
+
+def compose_preset(*overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def sweep_jobs(params) -> list[list[str]]:
+    """The overrides of every job, expanded by Hydra's own parser as the basic sweeper does."""
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    axes = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] for o in parsed]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def test_the_presets_of_the_issue_exist():
+    assert {"convergence", "lr_tolerance", "placement", "norms", "norms_cnn", "cnn", "regularization",
+            "batch_size"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_states_its_question_and_data_set_and_is_a_multirun(name):
+    text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n# Question: ")
+    assert "Designed for " in text
+    cfg = compose_preset(f"experiment={name}")
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert len(sweep_jobs(cfg.hydra.sweeper.params)) >= 2
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits(name):
+    params = compose_preset(f"experiment={name}").hydra.sweeper.params
+    for job in sweep_jobs(params):
+        for dataset in ([], ["dataset=digits"]):
+            cfg = compose_preset(f"experiment={name}", *dataset, *job)
+            for override in job:  # the sweep value reached the config
+                key, value = override.split("=", 1)
+                chosen = cfg[key][GROUPS[key]] if key in GROUPS else OmegaConf.select(cfg, key)
+                assert str(chosen) == value, (name, override)
+            check_optim(cfg.optim)
+            models.build(cfg.model, cfg.norm, INPUT_SHAPES[cfg.dataset.name], 10, cfg.dataset.batch_size)
+            if dataset:  # small enough to load: every epoch has at least one training batch
+                assert cfg.dataset.name == "digits"
+                assert len(data.load(cfg.dataset, cfg.seed).train) >= cfg.dataset.batch_size, (name, job)
+
+
+@pytest.mark.parametrize("name, shrink, norms", [
+    ("convergence", ["trainer.max_epochs=2"], {"none", "bn"}),
+    ("norms_cnn", ["trainer.max_epochs=1"], {"none", "bn", "ln", "gn", "in"}),
+])
+def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, norms, tmp_path, tracking_uri,
+                                                                 experiment_name, experiment_runs, mlflow_client):
+    # No -m: the preset itself makes it a multirun.
+    done = subprocess.run(
+        [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
+         "probes.enabled=false", "trainer.progress_bar=false", f"tracking.uri={tracking_uri}",
+         f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = experiment_runs()
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["norm"] for r in children} == norms and len(children) == len(norms)
+    assert all(r.info.status == "FINISHED" and r.data.tags["dataset"] == "digits" for r in children)
+    preset = compose_preset(f"experiment={name}")
+    assert {r.data.params["model.name"] for r in children} == {preset.model.name}
+    assert {r.data.params["dataset.batch_size"] for r in children} == {str(preset.dataset.batch_size)}
+    # The sweep's answer: printed, and on the parent run as artifacts and as its description.
+    assert "### Convergence per variant" in done.stdout
+    parent_id = parents[0].info.run_id
+    artifacts = {a.path for a in mlflow_client.list_artifacts(parent_id, "report")}
+    assert {"report/report.md", "report/convergence.csv", "report/curves.png"} <= artifacts
+    note = mlflow_client.get_run(parent_id).data.tags["mlflow.note.content"]
+    assert note.startswith("## Report: ") and "### Each norm against no normalization" in note
+    assert not (PROJECT_ROOT / "reports" / parent_id).exists()  # the hook logs to MLflow, writes no files
