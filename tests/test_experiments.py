@@ -1,7 +1,6 @@
 """The presets in conf/experiment/: each composes, every job of its sweep builds, and two run shrunk."""
 
 import itertools
-import os
 import subprocess
 import sys
 
@@ -21,7 +20,6 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 # Digits-sized models train several times faster on one thread than on two that wait for each
 # other on a 2-core machine busy with other work.
-ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}
 GROUPS = {"dataset": "name", "model": "name", "norm": "kind", "optim": "name"}
 
 
@@ -80,7 +78,7 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
         [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
          "probes.enabled=false", "trainer.progress_bar=false", f"tracking.uri={tracking_uri}",
          f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = experiment_runs()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -3,7 +3,6 @@ against the runs' own metrics, diverged runs marked "no", the report on the pare
 
 import csv
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from .conftest import CONF_DIR
 LRS = ("0.01", "1.0")
 # Digits-sized models train several times faster on one thread than on two that wait for each
 # other on a 2-core machine busy with other work.
-ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def sweep(tracking_dir, tmp_path_factory):
         [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
          f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", f"tracking.uri={uri}", "tracking.experiment=report_sweep",
          f"hydra.sweep.dir={folder}/sweep"],
-        cwd=folder, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+        cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     parent_id = (folder / "sweep" / tracking.PARENT_RUN_FILE).read_text()

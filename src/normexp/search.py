@@ -28,9 +28,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from normexp import data, models, plots, tables, tracking, train
+from normexp import plots, tables, tracking, train
 from normexp.errors import ConfigError
-from normexp.module import check_optim
 
 UNSTABLE = -10.0  # objective of an unstable rate: below log10 of any rate worth searching
 DECIDED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials with a verdict
@@ -48,10 +47,7 @@ def check(cfg) -> None:
     for key in ("resolution", "grid_factor"):
         if not s[key] > 1:
             raise ConfigError(f"search.{key}={s[key]} must be > 1 (a ratio of learning rates); e.g. search.{key}=1.25")
-    # The rest is refused by the checks train.run makes before its run exists.
-    check_optim(cfg.optim)
-    splits = data.load(cfg.dataset, cfg.seed)
-    models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
+    train.prepare(cfg)  # the rest is refused by the checks train.run makes before its run exists
 
 
 def variant(cfg) -> str:

@@ -160,3 +160,6 @@ class SweepParentRun(Callback):
             self.client.set_tag(self.run_id, "report_error", repr(error)[:5000])
         finally:
             self.client.set_terminated(self.run_id, "FINISHED")
+        print(f"\nBrowse the runs: mlflow ui --backend-store-uri {tracking_uri(config.tracking)} --host 127.0.0.1\n"
+              f"  experiment '{config.tracking.experiment}', sweep parent run {self.run_id}; "
+              f"Hydra's job folders: {config.hydra.sweep.dir}")

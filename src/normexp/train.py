@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import MLFlowLogger
+from torch import nn
 
 from normexp import data, models, plots, probes, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
@@ -48,13 +49,18 @@ def parameter_counts(model) -> dict[str, int]:
     return {"params_trainable": trainable, "params_non_trainable": frozen + running}
 
 
-def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
-    """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
-    pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    # Everything that can refuse the config runs before the MLflow run exists.
+def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
+    """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
     check_optim(cfg.optim)
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
+    return splits, model
+
+
+def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
+    """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    splits, model = prepare(cfg)
     guard, history = DivergenceGuard(cfg.divergence.factor), EpochHistory()
     probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
     counts = parameter_counts(model)
