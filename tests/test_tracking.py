@@ -1,5 +1,7 @@
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -74,3 +76,22 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
     assert "RUNNING" not in statuses.values()
     assert statuses["bn-adam-lr0.001-bs64-s0"] == "FINISHED"
     assert list(statuses.values()).count("FAILED") == 1  # the parent
+
+
+def test_ctrl_c_in_a_sweep_leaves_no_run_running(tmp_path, tracking_uri, experiment_runs, experiment_name):
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "normexp.train", "-m", "norm=bn,none", "trainer.max_epochs=500",
+         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+         f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(experiment_runs()) < 2:  # the parent and the first job's run: training has begun
+            assert sweep.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(2)
+        sweep.send_signal(signal.SIGINT)
+        assert sweep.wait(timeout=120) != 0
+    finally:
+        sweep.kill()
+    statuses = sorted(r.info.status for r in experiment_runs())
+    assert statuses == ["KILLED", "KILLED"]  # the parent and the interrupted job; the second never started

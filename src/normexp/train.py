@@ -94,8 +94,8 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
         _log_outcome(client, run_id, outcome)
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as error:  # Ctrl-C reaches here as Lightning's SystemExit: KILLED, not FAILED
+        client.set_terminated(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return outcome
@@ -140,12 +140,18 @@ def _log_outcome(client, run_id: str, outcome: Outcome) -> None:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
 def main(cfg) -> Outcome:
+    parent_run_id = tracking.sweep_parent_run_id()
     try:
-        outcome = run(cfg, parent_run_id=tracking.sweep_parent_run_id())
+        outcome = run(cfg, parent_run_id=parent_run_id)
     except ConfigError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job, runs the others, then reports it
         sys.exit(f"error: {error}")  # one line on stderr, exit status 1
+    except (KeyboardInterrupt, SystemExit):
+        # An interrupted sweep never reaches Hydra's end-of-sweep callbacks: end its parent run here.
+        if parent_run_id:
+            tracking.client_and_experiment(cfg.tracking)[0].set_terminated(parent_run_id, "KILLED")
+        raise
     print(outcome.summary())
     return outcome
 
