@@ -3,11 +3,14 @@ session's temporary MLflow store."""
 
 import csv
 import io
+import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -117,6 +120,28 @@ def test_optuna_cli_lists_the_study(bn_study):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert study.study_name in out.stdout
+
+
+def test_optuna_dashboard_opens_the_storage(bn_study):
+    _, study, cfg, _, _ = bn_study
+    with socket.socket() as probe:  # a free port on the loopback interface
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(VENV_BIN / "optuna-dashboard"), cfg.search.storage, "--host", "127.0.0.1",
+                               "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while body is None:
+            assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    body = json.load(response)
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert study.study_name in json.dumps(body), body
 
 
 def test_killed_search_resumes_without_repeating_or_losing_trials(tracking_uri, experiment_name, mlflow_client,
