@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from normexp import data, models
+from normexp import data, models, train
 from normexp.module import check_optim
 from normexp.tracking import PROJECT_ROOT
 
@@ -18,8 +18,6 @@ from .conftest import CONF_DIR
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # (C, H, W) of each data set, to build every job's model without the (possibly offline) data.
 INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-# Digits-sized models train several times faster on one thread than on two that wait for each
-# other on a 2-core machine busy with other work.
 GROUPS = {"dataset": "name", "model": "name", "norm": "kind", "optim": "name"}
 
 
@@ -97,3 +95,12 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
     note = mlflow_client.get_run(parent_id).data.tags["mlflow.note.content"]
     assert note.startswith("## Report: ") and "### Each norm against no normalization" in note
     assert not (PROJECT_ROOT / "reports" / parent_id).exists()  # the hook logs to MLflow, writes no files
+
+
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"convergence", "norms_cnn"}))
+def test_the_other_presets_run_one_job_shrunk(name, compose_cfg, experiment_runs):
+    # The sweep's last job (the largest batch in batch_size), one epoch on digits, in this process.
+    job = sweep_jobs(compose_preset(f"experiment={name}").hydra.sweeper.params)[-1]
+    outcome = train.run(compose_cfg(f"experiment={name}", "dataset=digits", *job, "trainer.max_epochs=1"))
+    (run,) = experiment_runs()
+    assert run.info.status == "FINISHED" and outcome.epochs == 1 and 0 <= outcome.final_val_acc <= 1
