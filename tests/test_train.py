@@ -90,6 +90,7 @@ def test_run_records_params_tags_config_and_epoch_metrics(compose_cfg, mlflow_cl
     config = mlflow_client.download_artifacts(outcome.run_id, "config.yaml")
     assert "lr: 0.01" in open(config).read()
     assert run.data.tags["diverged"] == "false" and run.data.metrics["outcome/epochs"] == 3
+    assert run.data.tags["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def test_a_diverging_run_ends_finished_with_the_step(compose_cfg, mlflow_client):

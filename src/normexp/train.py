@@ -1,7 +1,9 @@
 """run(cfg) -> Outcome: the one function that trains. `python -m normexp.train` is its Hydra CLI."""
 
+import logging
 import math
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import hydra
@@ -15,6 +17,11 @@ from normexp import data, models, plots, probes, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
+
+# Lightning's per-Trainer banner (GPU/TPU availability, a cloud-logger tip) and a deprecation warning
+# from its own internals would repeat for every job of a sweep; each run's summary line says what matters.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 @dataclass
@@ -92,7 +99,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
         test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False, drop_last=False),
                                     verbose=False)[0]
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
-        _log_outcome(client, run_id, outcome)
+        _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
     except BaseException as error:  # Ctrl-C reaches here as Lightning's SystemExit: KILLED, not FAILED
         client.set_terminated(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
@@ -124,9 +131,10 @@ def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, te
     )
 
 
-def _log_outcome(client, run_id: str, outcome: Outcome) -> None:
-    """The verdict as tags (filterable in the MLflow UI) and the figures as metrics."""
+def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
+    """The verdict (and where it was trained) as tags, filterable in the MLflow UI; the figures as metrics."""
     tracking.set_tags(client, run_id, {
+        "device": device,
         "diverged": str(outcome.diverged).lower(),
         "converged": str(outcome.converged).lower(),
         **({"diverged_at_step": outcome.diverged_at_step} if outcome.diverged else {}),
