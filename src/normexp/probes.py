@@ -19,8 +19,6 @@ plots/gamma_beta.png, plots/activation_evolution.png, plots/before_after_norm.pn
 """
 
 import copy
-import csv
-import io
 import math
 import tempfile
 import time
@@ -35,6 +33,7 @@ from torch import nn
 
 from normexp import plots
 from normexp.errors import ConfigError
+from normexp.tables import Table
 
 HISTOGRAMS_ARTIFACT = "probes/histograms.npz"
 # Metrics are buffered: one SQLite write costs ~30 ms, a third of a digits epoch. Long runs still
@@ -147,19 +146,14 @@ class _MetricBuffer:
         self.items, self.written_at = [], time.monotonic()
 
 
-def _log_table(trainer, rows: list[dict], stem: str, caption: str) -> None:
-    """rows as probes/<stem>.md (with the caption) and probes/<stem>.csv; numbers to 4 significant digits."""
+def _log_table(trainer, rows: list[dict], stem: str, title: str, caption: str) -> None:
+    """rows as probes/<stem>.md (numbers to 4 significant digits, the caption below) and probes/<stem>.csv."""
     client, run_id = trainer.logger.experiment, trainer.logger.run_id
     columns = list(rows[0])
-    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v := row[c], float) else str(v) for c in columns) + " |"
-              for row in rows]
-    client.log_text(run_id, "\n".join(lines) + "\n", f"probes/{stem}.md")
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    client.log_text(run_id, text.getvalue(), f"probes/{stem}.csv")
+    cells = [[f"{v:.4g}" if isinstance(v := row[c], float) else str(v) for c in columns] for row in rows]
+    table = Table(stem, title, columns, cells, rows, [caption])
+    client.log_text(run_id, table.markdown, f"probes/{stem}.md")
+    client.log_text(run_id, table.csv, f"probes/{stem}.csv")
 
 
 class ParameterTable(pl.Callback):
@@ -180,7 +174,7 @@ class ParameterTable(pl.Callback):
                      "non_trainable": total["params_non_trainable"]})
         for row in rows:
             row["total"] = row["trainable"] + row["non_trainable"]
-        _log_table(trainer, rows, "param_counts",
+        _log_table(trainer, rows, "param_counts", "Parameter counts",
                    "Parameters per layer. Non-trainable: frozen parameters and BatchNorm running statistics.")
 
 
@@ -220,7 +214,7 @@ class NormProbe(pl.Callback):
         # Every row gets every column (empty where a layer lacks affine parameters or running stats).
         columns = list(dict.fromkeys(key for row in rows for key in row))
         rows = [{c: row.get(c, "") for c in columns} for row in rows]
-        _log_table(trainer, rows, "norm_params",
+        _log_table(trainer, rows, "norm_params", "Normalization-layer parameters",
                    f"Normalization layers at the end of training. undoes_norm: the layer learned to undo its "
                    f"normalization, i.e. gamma_absdev = mean|gamma - 1| > {self.undo_gamma_tol:g} "
                    f"(probes.undo_gamma_tol) or beta_absmean = mean|beta| > {self.undo_beta_tol:g} "
