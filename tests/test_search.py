@@ -222,6 +222,15 @@ def test_bad_input_is_refused_before_any_study_or_run(tracking_uri, experiment_n
     assert not (tmp_path / "optuna.db").exists()
 
 
+def test_bad_input_on_the_command_line_is_one_line_and_a_nonzero_exit(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "normexp.search", "search.lr_min=10", "search.lr_max=1",
+                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"search.storage=sqlite:///{tmp_path}/optuna.db"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: search.lr_min=10, search.lr_max=1: need 0 < lr_min < lr_max; e.g. search.lr_min=1e-4 search.lr_max=10"]
+
+
 def test_resuming_with_other_training_settings_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     search.open_study(compose_search(f"search.storage={storage}", "search.study_name=s"))

@@ -352,7 +352,8 @@ class CrossVariantReport(tracking.SweepParentRun):
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="search")
 def main(cfg) -> dict:
-    return run(cfg)
+    with tracking.hydra_job(cfg.tracking):
+        return run(cfg)
 
 
 if __name__ == "__main__":

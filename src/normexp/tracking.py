@@ -2,6 +2,8 @@
 
 import logging
 import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -10,6 +12,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
+
+from normexp.errors import ConfigError
 
 # src/normexp/tracking.py -> the repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +118,25 @@ def sweep_parent_run_id() -> str | None:
         return None
     marker = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
     return marker.read_text().strip() if HydraConfig.get().mode.name == "MULTIRUN" and marker.exists() else None
+
+
+@contextmanager
+def hydra_job(tracking_cfg):
+    """Around the work of a Hydra job (train or search); yields the sweep's parent run id (None outside
+    a multirun). A ConfigError in a single run becomes one line on stderr and exit status 1; in a
+    multirun Hydra records the failed job, runs the others, then reports it. An interrupt ends the
+    sweep's parent run KILLED: Hydra's end-of-sweep callbacks never run then."""
+    parent_run_id = sweep_parent_run_id()
+    try:
+        yield parent_run_id
+    except ConfigError as error:
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise
+        sys.exit(f"error: {error}")
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
+        if parent_run_id:
+            client_and_experiment(tracking_cfg)[0].set_terminated(parent_run_id, "KILLED")
+        raise
 
 
 class SweepParentRun(Callback):

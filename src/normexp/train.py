@@ -7,15 +7,12 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import MLFlowLogger
 from torch import nn
 
 from normexp import data, models, plots, probes, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
-from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
 
 # Lightning's per-Trainer banner (GPU/TPU availability, a cloud-logger tip) and a deprecation warning
@@ -30,6 +27,7 @@ class Outcome:
     name: str
     diverged: bool
     diverged_at_step: int | None
+    diverged_reason: str            # what the divergence guard saw, e.g. "loss 1.2e+11 > 10 x first-step loss 2.316"
     converged: bool                 # not diverged and best val accuracy >= dataset.converge_acc
     epochs_to_target: int | None    # first epoch (1-based) with val accuracy >= dataset.target_acc
     best_val_acc: float
@@ -41,7 +39,7 @@ class Outcome:
     val_acc_curve: list[float] = field(repr=False)
 
     def summary(self) -> str:
-        verdict = f"DIVERGED at step {self.diverged_at_step}" if self.diverged else (
+        verdict = f"DIVERGED at step {self.diverged_at_step} ({self.diverged_reason})" if self.diverged else (
             "converged" if self.converged else "did not converge")
         target = f"target at epoch {self.epochs_to_target}" if self.epochs_to_target else "target not reached"
         return (f"{self.name}: {verdict}; val acc {self.final_val_acc:.4f} (best {self.best_val_acc:.4f}), "
@@ -119,6 +117,7 @@ def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, te
         name=tracking.run_name(cfg),
         diverged=diverged,
         diverged_at_step=guard.diverged_at_step,
+        diverged_reason=guard.reason,
         converged=not diverged and max(finite) >= cfg.dataset.converge_acc,
         epochs_to_target=reached[0] if reached else None,
         best_val_acc=max(finite),
@@ -137,7 +136,8 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
         "device": device,
         "diverged": str(outcome.diverged).lower(),
         "converged": str(outcome.converged).lower(),
-        **({"diverged_at_step": outcome.diverged_at_step} if outcome.diverged else {}),
+        **({"diverged_at_step": outcome.diverged_at_step, "diverged_reason": outcome.diverged_reason}
+           if outcome.diverged else {}),
     })
     figures = {k: v for k, v in asdict(outcome).items()
                if k in ("best_val_acc", "final_val_acc", "train_val_gap", "epoch_s", "epochs",
@@ -148,18 +148,8 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
 def main(cfg) -> Outcome:
-    parent_run_id = tracking.sweep_parent_run_id()
-    try:
+    with tracking.hydra_job(cfg.tracking) as parent_run_id:
         outcome = run(cfg, parent_run_id=parent_run_id)
-    except ConfigError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job, runs the others, then reports it
-        sys.exit(f"error: {error}")  # one line on stderr, exit status 1
-    except (KeyboardInterrupt, SystemExit):
-        # An interrupted sweep never reaches Hydra's end-of-sweep callbacks: end its parent run here.
-        if parent_run_id:
-            tracking.client_and_experiment(cfg.tracking)[0].set_terminated(parent_run_id, "KILLED")
-        raise
     print(outcome.summary())
     return outcome
 
