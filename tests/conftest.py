@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+
+import normexp.config  # registers the config schemas that conf/*.yaml extend
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -15,6 +17,16 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # machine). The variable reaches the subprocesses that tests start.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+def compose(config_name: str, *overrides: str):
+    """conf/<config_name>.yaml with the overrides, composed as the command line would."""
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def compose_search(*overrides: str):
+    return compose("search", *overrides)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +53,7 @@ def compose_cfg(tracking_uri, experiment_name):
 
     def make(*overrides: str):
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            return compose("train", overrides=[
+            return hydra_compose("train", overrides=[
                 f"tracking.uri={tracking_uri}",
                 f"tracking.experiment={experiment_name}",
                 "trainer.max_epochs=2",

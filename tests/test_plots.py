@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from normexp import plots
-from normexp.probes import HistogramSeries
+from normexp.histograms import HistogramSeries
 
 
 def series(epochs: int, shift: float) -> HistogramSeries:

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from normexp import data, probes, train
+from normexp import data, histograms, probes, train
 from normexp.errors import ConfigError
 
 FIGURES = {"plots/gamma_beta.png", "plots/activation_evolution.png", "plots/before_after_norm.png"}
@@ -80,7 +80,7 @@ def test_bn_run_logs_metrics_tables_and_figures_that_match_the_model(compose_cfg
 
     # Tables and figures.
     paths = artifact_paths(mlflow_client, run_id)
-    assert FIGURES | TABLES | {"plots/curves.png", probes.HISTOGRAMS_ARTIFACT} <= paths
+    assert FIGURES | TABLES | {"plots/curves.png", histograms.ARTIFACT} <= paths
     for figure in FIGURES | {"plots/curves.png"}:
         with open(mlflow_client.download_artifacts(run_id, figure, str(tmp_path)), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -99,9 +99,9 @@ def test_bn_run_logs_metrics_tables_and_figures_that_match_the_model(compose_cfg
     assert counts["total"]["non_trainable"] == params["params_non_trainable"]
 
     # Histogram data loads back: one histogram per epoch, holding every probed value.
-    histograms = probes.load_histograms(mlflow_client, run_id)
-    assert set(histograms) == set(layers) and set(histograms["hidden1"]) == {"pre", "norm_in", "norm_out"}
-    series = histograms["hidden1"]["pre"]
+    by_layer = histograms.load(mlflow_client, run_id)
+    assert set(by_layer) == set(layers) and set(by_layer["hidden1"]) == {"pre", "norm_in", "norm_out"}
+    series = by_layer["hidden1"]["pre"]
     assert series.epochs.tolist() == [1, 2] and series.counts.shape == (2, cfg.probes.histogram_bins)
     assert series.counts.sum(axis=1).tolist() == [pre.numel()] * 2
     edges = series.edges[-1]
@@ -113,7 +113,7 @@ def test_no_norm_run_has_activation_statistics_and_no_norm_summaries(compose_cfg
     run = mlflow_client.get_run(outcome.run_id)
     assert probe_metrics(run) == {f"act/hidden{i}/{k}" for i in range(1, 5) for k in ("pre_mean", "pre_std", "dead_frac")}
     paths = artifact_paths(mlflow_client, outcome.run_id)
-    assert {"plots/activation_evolution.png", "probes/param_counts.csv", probes.HISTOGRAMS_ARTIFACT} <= paths
+    assert {"plots/activation_evolution.png", "probes/param_counts.csv", histograms.ARTIFACT} <= paths
     assert not paths & {"plots/gamma_beta.png", "plots/before_after_norm.png", "probes/norm_params.csv"}
 
 
@@ -140,7 +140,7 @@ def test_cnn_with_group_norm_probes_channels(compose_cfg, mlflow_client):
     assert run.data.metrics["bn/conv2/gamma_mean"] == pytest.approx(gamma.mean(), rel=1e-5)
     dead = run.data.metrics["act/conv1/dead_frac"]
     assert dead * 32 == pytest.approx(round(dead * 32))  # a fraction of the 32 channels
-    pre = probes.load_histograms(mlflow_client, outcome.run_id)["conv1"]["pre"]
+    pre = histograms.load(mlflow_client, outcome.run_id)["conv1"]["pre"]
     assert pre.counts.sum() == 229 * 32 * 8 * 8  # every element of (N, C, H, W): all 229 validation images
     assert "plots/before_after_norm.png" in artifact_paths(mlflow_client, outcome.run_id)
 
@@ -155,9 +155,3 @@ def test_bad_probe_settings_fail_before_any_run(compose_cfg, experiment_runs, ov
         train.run(compose_cfg(override))
     assert experiment_runs() == []
 
-
-def test_histogram_ignores_non_finite_values_and_handles_constants():
-    edges, counts = probes.histogram(torch.tensor([0.0, 1.0, 1.0, float("nan"), float("inf")]), bins=2)
-    assert edges.tolist() == [0.0, 0.5, 1.0] and counts.tolist() == [1, 2]
-    edges, counts = probes.histogram(torch.full((3, 4), 2.0), bins=4)
-    assert counts.sum() == 12 and edges[0] < 2.0 < edges[-1]

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from normexp import report, tracking
+from normexp.sweep import PARENT_RUN_FILE, SweepParentRun
 
 from .conftest import CONF_DIR
 
@@ -35,7 +36,7 @@ def sweep(tracking_dir, tmp_path_factory):
         cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
-    parent_id = (folder / "sweep" / tracking.PARENT_RUN_FILE).read_text()
+    parent_id = (folder / "sweep" / PARENT_RUN_FILE).read_text()
     experiment_id = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return client, parent_id, children, done.stdout
@@ -207,7 +208,7 @@ def test_a_failing_report_still_finishes_the_parent_run(tmp_path, tracking_uri, 
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=[f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
                                           f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
-    callback = tracking.SweepParentRun()
+    callback = SweepParentRun()
     callback.on_multirun_start(cfg)
     callback.on_multirun_end(cfg)  # no job ran, so there is nothing to report on
     [parent] = experiment_runs()

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
-from normexp import search
+from normexp import bracket, search, study as studies
 from normexp.errors import ConfigError
+from tests.conftest import compose_search
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VENV_BIN = Path(sys.executable).parent
 # One epoch per run, one seed, a factor-2 bracket: a handful of short trials.
 TINY = ["search.epochs=1", "search.seeds=1", "search.resolution=2", "trainer.progress_bar=false"]
@@ -34,18 +32,13 @@ def overrides(tracking_uri: str, experiment: str, storage: str, *extra: str) -> 
             *TINY, *extra]
 
 
-def compose_search(*args: str):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose("search", overrides=list(args))
-
-
 def runs_of(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def decided(study: optuna.Study) -> list:
-    return study.get_trials(states=search.DECIDED)
+    return study.get_trials(states=studies.DECIDED)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def bn_study(tracking_dir, tmp_path_factory):
     cfg = compose_search(*overrides(uri, experiment, storage, "norm=bn", "search.seeds=2", "search.lr_min=0.01",
                                     "search.lr_max=0.1", "search.resolution=4"))
     summary = search.run(cfg)
-    study = optuna.load_study(study_name=search.study_name(cfg), storage=storage)
+    study = optuna.load_study(study_name=studies.study_name(cfg), storage=storage)
     return summary, study, cfg, MlflowClient(uri), experiment
 
 
@@ -76,7 +69,7 @@ def test_bn_study_brackets_the_boundary_consistently_with_its_trials(bn_study):
     assert "does not diverge" in study.user_attrs["definition"] and "0.8" in study.user_attrs["definition"]
     # The sampler's view: objective log10(lr) when stable, UNSTABLE otherwise; the best trial is the top.
     for t in trials:
-        assert t.value == (math.log10(t.params["lr"]) if t.user_attrs["stable"] else search.UNSTABLE)
+        assert t.value == (math.log10(t.params["lr"]) if t.user_attrs["stable"] else studies.UNSTABLE)
     assert study.best_trial.params["lr"] == top
     # Every seed must converge; a failing seed ends the trial.
     for t in trials:
@@ -151,7 +144,7 @@ def test_killed_search_resumes_without_repeating_or_losing_trials(tracking_uri, 
     args = overrides(tracking_uri, experiment_name, storage, "norm=bn", "search.lr_min=1e-3", "search.lr_max=1",
                      f"hydra.run.dir={tmp_path}/outputs")
     cfg = compose_search(*args)
-    name = search.study_name(cfg)
+    name = studies.study_name(cfg)
     proc = subprocess.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     try:
@@ -176,8 +169,8 @@ def test_killed_search_resumes_without_repeating_or_losing_trials(tracking_uri, 
     assert [(t.number, t.params, t.value) for t in after[: len(before)]] == [
         (t.number, t.params, t.value) for t in before]  # nothing lost or changed
     assert len({round(math.log(t.params["lr"]), 9) for t in after}) == len(after)  # nothing repeated
-    assert search.plan(cfg, after) == (None, None) and len(after) > len(before)  # and finished
-    assert all(t.state in (*search.DECIDED, TrialState.FAIL) for t in study.trials)  # a killed trial is FAIL
+    assert bracket.plan(cfg, after) == (None, None) and len(after) > len(before)  # and finished
+    assert all(t.state in (*studies.DECIDED, TrialState.FAIL) for t in study.trials)  # a killed trial is FAIL
     assert summary["trials"] == len(after) and summary["min_unstable_lr"] / summary["max_stable_lr"] <= 2
     runs = runs_of(mlflow_client, experiment_name)
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the same parent, reused
@@ -199,7 +192,7 @@ def test_pruned_trials_end_their_runs_finished_and_count_as_unstable(tracking_ur
                          "search.epochs=2", "search.lr_min=0.005", "search.lr_max=0.01",
                          "search.pruner._target_=optuna.pruners.ThresholdPruner", "+search.pruner.lower=0.99")
     summary = search.run(cfg)
-    study = optuna.load_study(study_name=search.study_name(cfg), storage=cfg.search.storage)
+    study = optuna.load_study(study_name=studies.study_name(cfg), storage=cfg.search.storage)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.user_attrs["verdict"] == "pruned" and t.user_attrs["epochs"] == 1 for t in study.trials)
     assert summary["max_stable_lr"] is None and summary["epochs_spent"] == 2
@@ -229,38 +222,6 @@ def test_bad_input_on_the_command_line_is_one_line_and_a_nonzero_exit(tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         "error: search.lr_min=10, search.lr_max=1: need 0 < lr_min < lr_max; e.g. search.lr_min=1e-4 search.lr_max=10"]
-
-
-def test_resuming_with_other_training_settings_is_refused(tmp_path):
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    search.open_study(compose_search(f"search.storage={storage}", "search.study_name=s"))
-    with pytest.raises(ConfigError, match=r"optim.weight_decay: 0.0 -> 0.1"):
-        search.open_study(compose_search(f"search.storage={storage}", "search.study_name=s", "optim.weight_decay=0.1"))
-
-
-def trial(lr: float, stable: bool, phase: str = "grid"):
-    return create_trial(params={"lr": lr}, distributions={"lr": FloatDistribution(1e-4, 10, log=True)},
-                        value=math.log10(lr) if stable else search.UNSTABLE,
-                        user_attrs={"stable": stable, "phase": phase})
-
-
-def test_plan_walks_down_the_grid_then_bisects_in_log_space():
-    cfg = compose_search("search.lr_min=1e-4", "search.lr_max=10", "search.resolution=1.25", "search.refine_trials=1")
-    assert search.coarse_grid(cfg.search) == pytest.approx([10, 1, 0.1, 0.01, 1e-3, 1e-4])
-    assert search.plan(cfg, []) == ("grid", 10)
-    assert search.plan(cfg, [trial(10, False)]) == ("grid", pytest.approx(1))
-    phase, lr = search.plan(cfg, [trial(10, False), trial(1, False), trial(0.1, True)])
-    assert phase == "bisect" and lr == pytest.approx(math.sqrt(0.1))
-    assert search.plan(cfg, [trial(0.1, True)]) == ("grid", pytest.approx(1))  # only stable so far: go up
-    assert search.plan(cfg, [trial(0.1, True), trial(0.12, False)]) == ("refine", None)
-    assert search.plan(cfg, [trial(0.1, True), trial(0.12, False), trial(0.11, True, "refine")]) == (None, None)
-    assert search.plan(cfg, [trial(lr, False) for lr in search.coarse_grid(cfg.search)]) == ("refine", None)
-
-
-def test_bracket_flags_unstable_rates_below_a_stable_one():
-    b = search.bracket([(0.001, False), (0.01, True), (0.03, False), (0.1, True), (0.3, False), (1.0, False)])
-    assert (b.max_stable_lr, b.min_unstable_lr, b.non_monotone_lrs) == (0.1, 0.3, [0.001, 0.03])
-    assert search.bracket([(1.0, False)]) == search.Bracket(None, None, [])
 
 
 def test_multirun_logs_the_cross_variant_table_to_the_sweep_parent(tracking_uri, experiment_name, mlflow_client,

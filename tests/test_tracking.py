@@ -1,12 +1,11 @@
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import pytest
+import pytorch_lightning as pl
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from normexp import tracking
+from normexp import tracking, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,72 +25,61 @@ def test_flat_params_use_dotted_keys():
     assert tracking.flat_params(cfg) == {"optim.lr": "0.01", "optim.betas": "[0.9, 0.99]", "seed": "3"}
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "normexp.train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
-def test_design_card_multirun_makes_one_parent_and_six_children(tmp_path, tracking_uri, mlflow_client, experiment_runs,
-                                                                 experiment_name):
-    done = run_cli("-m", "norm=bn,none", "optim.lr=0.001,0.01,0.1", "trainer.max_epochs=2",
-                   f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = experiment_runs()
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 6
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert (tmp_path / "sweep" / tracking.PARENT_RUN_FILE).read_text() == parent.info.run_id
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
-    assert sorted(r.info.run_name for r in children) == sorted(
-        f"{norm}-adam-lr{lr}-bs64-s0" for norm in ("bn", "none") for lr in ("0.001", "0.01", "0.1"))
-    for child in children:
-        assert child.info.status == "FINISHED"
-        epochs = 1 if child.data.tags["diverged"] == "true" else 2  # none at lr 0.1 may blow up in epoch 1
-        assert len(mlflow_client.get_metric_history(child.info.run_id, "val/acc")) == epochs
-        assert child.data.params["optim.lr"] in ("0.001", "0.01", "0.1")
-        assert child.data.tags["norm"] in ("bn", "none")
-        assert [a.path for a in mlflow_client.list_artifacts(child.info.run_id) if a.path == "config.yaml"]
-    assert not (tmp_path / "mlruns").exists()  # artifacts went beside the store, not into the cwd
+def new_run(client: MlflowClient, experiment_name: str) -> str:
+    experiment_id = client.create_experiment(experiment_name)
+    return client.create_run(experiment_id).info.run_id
 
 
-def test_bad_value_is_one_line_nonzero_exit_and_no_run_left_running(tmp_path, tracking_uri, experiment_runs,
-                                                                     experiment_name):
-    done = run_cli("norm=gn", "norm.num_groups=3", f"tracking.uri={tracking_uri}",
-                   f"tracking.experiment={experiment_name}", cwd=tmp_path)
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == (
-        "error: norm.num_groups=3 does not divide the layer width(s) [256, 128, 64, 32]; choose one of [1, 2, 4, 8, 16, 32]")
-    assert experiment_runs() == []
+def test_ending_records_an_exception_and_ends_the_run_failed(mlflow_client, experiment_name, tmp_path):
+    run_id = new_run(mlflow_client, experiment_name)
+    with pytest.raises(ValueError):
+        with tracking.ending(mlflow_client, run_id):
+            raise ValueError("optim.lr=-1 is not a rate")
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "ValueError: optim.lr=-1 is not a rate"
+    traceback = Path(mlflow_client.download_artifacts(run_id, tracking.ERROR_ARTIFACT, str(tmp_path))).read_text()
+    assert traceback.startswith("Traceback") and 'raise ValueError("optim.lr=-1 is not a rate")' in traceback
 
 
-def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, tracking_uri, experiment_runs,
-                                                                  experiment_name):
-    done = run_cli("-m", "norm=bn,in", "trainer.max_epochs=1", f"tracking.uri={tracking_uri}",
-                   f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert done.returncode != 0 and "norm=in (InstanceNorm) needs spatial dims" in done.stderr
-    statuses = {r.info.run_name: r.info.status for r in experiment_runs()}
-    assert "RUNNING" not in statuses.values()
-    assert statuses["bn-adam-lr0.001-bs64-s0"] == "FINISHED"
-    assert list(statuses.values()).count("FAILED") == 1  # the parent
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_ending_marks_an_interrupted_run_killed(mlflow_client, experiment_name, interrupt):
+    run_id = new_run(mlflow_client, experiment_name)
+    with pytest.raises(interrupt):
+        with tracking.ending(mlflow_client, run_id):
+            raise interrupt()
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "KILLED" and "error" not in run.data.tags
 
 
-def test_ctrl_c_in_a_sweep_leaves_no_run_running(tmp_path, tracking_uri, experiment_runs, experiment_name):
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "normexp.train", "-m", "norm=bn,none", "trainer.max_epochs=500",
-         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-         f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(experiment_runs()) < 2:  # the parent and the first job's run: training has begun
-            assert sweep.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        time.sleep(2)
-        sweep.send_signal(signal.SIGINT)
-        assert sweep.wait(timeout=120) != 0
-    finally:
-        sweep.kill()
-    statuses = sorted(r.info.status for r in experiment_runs())
-    assert statuses == ["KILLED", "KILLED"]  # the parent and the interrupted job; the second never started
+class RecordStatus(pl.Callback):
+    """The run's status in the store after `fit` has returned (and Lightning finalized its logger)."""
+
+    def on_test_start(self, trainer, pl_module):
+        self.after_fit = trainer.logger.experiment.get_run(trainer.logger.run_id).info.status
+
+    def on_test_end(self, trainer, pl_module):
+        self.after_test = trainer.logger.experiment.get_run(trainer.logger.run_id).info.status
+
+
+def test_a_run_is_running_until_its_outcome_is_written(compose_cfg, mlflow_client):
+    record = RecordStatus()
+    outcome = train.run(compose_cfg("trainer.max_epochs=1"), callbacks=[record])
+    assert record.after_fit == "RUNNING" and record.after_test == "RUNNING"
+    run = mlflow_client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert {"test/acc", "outcome/final_val_acc"} <= set(run.data.metrics) and "converged" in run.data.tags
+
+
+class Boom(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("boom in epoch 1")
+
+
+def test_an_exception_in_training_ends_the_run_failed(compose_cfg, experiment_runs):
+    with pytest.raises(RuntimeError, match="boom"):
+        train.run(compose_cfg("trainer.max_epochs=1"), callbacks=[Boom()])
+    (run,) = experiment_runs()
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom in epoch 1"

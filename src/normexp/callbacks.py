@@ -1,4 +1,5 @@
-"""Training callbacks: the divergence guard and the per-epoch history (with epoch timing)."""
+"""Training callbacks: the divergence guard, the per-epoch history (with epoch timing), and the
+report of each epoch to an Optuna trial (pruning)."""
 
 import math
 import time
@@ -63,3 +64,20 @@ class EpochHistory(pl.Callback):
 
     def curve(self, key: str) -> list[float]:
         return [epoch.get(key, math.nan) for epoch in self.epochs]
+
+
+class TrialPruning(pl.Callback):
+    """Reports each epoch's val/acc to an Optuna trial (step = step_offset + epoch) and, when the
+    study's pruner says so, stops training the way DivergenceGuard does: `pruned` becomes True and
+    the MLflow run still ends FINISHED (raising optuna.TrialPruned inside fit would end it FAILED)."""
+
+    def __init__(self, trial, step_offset: int):
+        self.trial, self.step_offset, self.pruned = trial, step_offset, False
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get("val/acc")  # validation ran inside this epoch
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(float(value), self.step_offset + trainer.current_epoch + 1)
+        if self.trial.should_prune():
+            self.pruned, trainer.should_stop = True, True

@@ -47,12 +47,11 @@ def _hidden_block(layer_class, fan_in: int, width: int, norm_cfg, spatial: bool,
     kwargs = {"kernel_size": 3, "padding": 1} if spatial else {}
     # A norm with a learned shift right after the layer makes the layer's bias redundant.
     parts = [("layer", layer_class(fan_in, width, bias=not shifted, **kwargs))]
-    act = ("act", nn.ReLU())
-    if norm_cfg.kind == "none":
+    act, norm = ("act", nn.ReLU()), norms.make_norm(norm_cfg, width, spatial)
+    if norm is None:
         parts.append(act)
     else:
-        norm = ("norm", norms.make_norm(norm_cfg, width, spatial))
-        parts += [norm, act] if norm_cfg.placement == "pre" else [act, norm]
+        parts += [("norm", norm), act] if norm_cfg.placement == "pre" else [act, ("norm", norm)]
     return nn.Sequential(OrderedDict(parts + list(extra)))
 
 
@@ -101,3 +100,21 @@ def _cnn_modern(cfg, norm_cfg, in_channels: int, num_classes: int) -> nn.Sequent
     blocks += _dropout(cfg.dropout)
     blocks.append(("out", nn.Linear(cfg.head_channels, num_classes)))
     return nn.Sequential(OrderedDict(blocks))
+
+
+def hidden_blocks(model: nn.Module) -> dict[str, nn.Sequential]:
+    """The model's hidden blocks by name: the top-level children with an `act`."""
+    return {name: block for name, block in model.named_children() if hasattr(block, "act")}
+
+
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Each hidden block's norm module, keyed by the block name; none for norm=none."""
+    return {name: block.norm for name, block in hidden_blocks(model).items() if hasattr(block, "norm")}
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Keras-style counts: trainable parameters vs non-trainable state (frozen params, BN running stats)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    running = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    return {"params_trainable": trainable, "params_non_trainable": frozen + running}

@@ -1,12 +1,10 @@
-"""make_norm: the only place that branches on the normalization kind."""
+"""make_norm: the only place that branches on the normalization kind (models ask it for a layer or none)."""
 
 from torch import nn
 
 from normexp import scratch
 from normexp.errors import ConfigError
-
-NORMS = ("none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch")
-PLACEMENTS = ("pre", "post")
+from normexp.variants import NORMS, PLACEMENTS
 
 
 def check(cfg, widths: list[int], spatial: bool, batch_size: int) -> None:
@@ -44,11 +42,12 @@ def has_shift(cfg) -> bool:
     return cfg.kind != "none" and cfg.get("affine", True)
 
 
-def make_norm(cfg, num_features: int, spatial: bool) -> nn.Module:
-    """A norm layer for `num_features` features (N, F) or channels (N, C, H, W) when `spatial`."""
+def make_norm(cfg, num_features: int, spatial: bool) -> nn.Module | None:
+    """A norm layer for `num_features` features (N, F) or channels (N, C, H, W) when `spatial`;
+    None for norm=none (the block then has no norm at all, not an identity that probes would see)."""
     kind = cfg.kind
     if kind == "none":
-        return nn.Identity()
+        return None
     if kind == "bn":
         batch_norm = nn.BatchNorm2d if spatial else nn.BatchNorm1d
         return batch_norm(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine)

@@ -1,20 +1,17 @@
 """Matplotlib figures. Headless (Agg): every function returns a Figure and never shows it;
 `log_figure` writes one to an MLflow run and closes it. Grouped by topic; add new topics as sections."""
 
-from typing import TYPE_CHECKING
-
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from normexp.probes import HistogramSeries
+from normexp.histograms import HistogramSeries
 
 
 def log_figure(client, run_id: str, fig: Figure, artifact_file: str) -> None:
@@ -66,7 +63,7 @@ def _densities(edges: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return (edges[:-1] + edges[1:]) / 2, counts / max(counts.sum(), 1) / widths
 
 
-def _draw_evolution(ax, series: "HistogramSeries", max_lines: int = 12) -> ScalarMappable:
+def _draw_evolution(ax, series: HistogramSeries, max_lines: int = 12) -> ScalarMappable:
     """One line per epoch, dark (first) to bright (last): how a distribution drifts during training.
     Long runs show `max_lines` epochs evenly spread, the first and last included."""
     colors = ScalarMappable(Normalize(series.epochs[0], max(series.epochs[-1], series.epochs[0] + 1)), "viridis")
@@ -78,7 +75,7 @@ def _draw_evolution(ax, series: "HistogramSeries", max_lines: int = 12) -> Scala
     return colors
 
 
-def activation_evolution(layers: dict[str, "HistogramSeries"], what: str = "pre-activation") -> Figure:
+def activation_evolution(layers: dict[str, HistogramSeries], what: str = "pre-activation") -> Figure:
     """One panel per layer: the distribution of `what` on the probe batch after each epoch."""
     columns = min(len(layers), 4)
     rows = -(-len(layers) // columns)
@@ -93,10 +90,10 @@ def activation_evolution(layers: dict[str, "HistogramSeries"], what: str = "pre-
     return fig
 
 
-def activation_evolution_pair(left: "HistogramSeries", right: "HistogramSeries", labels: tuple[str, str],
+def activation_evolution_pair(left: HistogramSeries, right: HistogramSeries, labels: tuple[str, str],
                               layer: str, what: str = "pre-activation") -> Figure:
     """The same layer's distribution over epochs in two runs, side by side on a shared value axis.
-    Series come from probes.load_histograms(client, run_id)[layer]["pre"]."""
+    Series come from histograms.load(client, run_id)[layer]["pre"]."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True, layout="constrained")
     for ax, series, label in zip(axes, (left, right), labels):
         colors = _draw_evolution(ax, series)
@@ -106,7 +103,7 @@ def activation_evolution_pair(left: "HistogramSeries", right: "HistogramSeries",
     return fig
 
 
-def before_after_norm(before: "HistogramSeries", after: "HistogramSeries", layer: str) -> Figure:
+def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: str) -> Figure:
     """One layer's values entering and leaving its norm, at the first and the last probed epoch."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
     for ax, series, title in ((axes[0], before, "before norm (input)"), (axes[1], after, "after norm (output)")):

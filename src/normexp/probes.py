@@ -14,41 +14,26 @@ Metrics, MLflow step = the 1-based epoch; <layer> is the block name (hidden1, co
 Activation statistics come from one eval-mode forward pass of a fixed probe batch (the first
 `probes.probe_batch_size` validation examples) after each epoch: no dropout, no running-stat update,
 no random numbers drawn, so probing never changes training.
-Artifacts: probes/param_counts.{md,csv}, probes/norm_params.{md,csv}, probes/histograms.npz,
+Artifacts: probes/param_counts.{md,csv}, probes/norm_params.{md,csv}, probes/histograms.npz (normexp.histograms),
 plots/gamma_beta.png, plots/activation_evolution.png, plots/before_after_norm.png.
 """
 
 import copy
-import math
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from mlflow.entities import Metric
 from torch import nn
 
-from normexp import plots
+from normexp import histograms, plots, tables
 from normexp.errors import ConfigError
-from normexp.tables import Table
+from normexp.histograms import HistogramSeries
+from normexp.models import hidden_blocks, norm_layers, parameter_counts
+from normexp.tracking import MetricBuffer
 
-HISTOGRAMS_ARTIFACT = "probes/histograms.npz"
-# Metrics are buffered: one SQLite write costs ~30 ms, a third of a digits epoch. Long runs still
-# show them live, written at the first epoch end this many seconds after the last write.
+# Metrics are buffered (tracking.MetricBuffer). Long runs still show them live, written at the first
+# epoch end this many seconds after the last write.
 WRITE_EVERY_S = 30
-
-
-def hidden_blocks(model: nn.Module) -> dict[str, nn.Sequential]:
-    """The model's hidden blocks by name: the top-level children with an `act` (see models.py)."""
-    return {name: block for name, block in model.named_children() if hasattr(block, "act")}
-
-
-def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Each hidden block's norm module, keyed by the block name; absent for norm=none."""
-    return {name: block.norm for name, block in hidden_blocks(model).items() if hasattr(block, "norm")}
 
 
 def has_running_stats(norm: nn.Module) -> bool:
@@ -78,90 +63,20 @@ def norm_summary(norm: nn.Module) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items()}
 
 
-@dataclass
-class HistogramSeries:
-    """One quantity's histogram after each epoch; each epoch has its own bin edges (min..max of the data)."""
-    epochs: np.ndarray  # (E,) 1-based
-    edges: np.ndarray   # (E, bins + 1)
-    counts: np.ndarray  # (E, bins)
-
-
-def histogram(x: torch.Tensor, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(edges (bins + 1,), counts (bins,)) over the finite values of x, from their min to their max."""
-    # On the CPU: the tensors are small, and CUDA's histc has no deterministic implementation.
-    x = x.detach().flatten().float().cpu()
-    lo, hi = (v.item() for v in torch.aminmax(x))
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # only a diverging run pays for the filtering
-        x = x[torch.isfinite(x)]
-        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (-1.0, 1.0)
-    if lo == hi:
-        lo, hi = lo - 0.5, hi + 0.5
-    counts = torch.histc(x, bins, lo, hi)
-    return np.linspace(lo, hi, bins + 1), counts.numpy()
-
-
-def _save_histograms(client, run_id: str, series: dict[str, dict[str, HistogramSeries]]) -> None:
-    """As HISTOGRAMS_ARTIFACT, arrays named epochs and <layer>/<what>/edges, <layer>/<what>/counts."""
-    arrays = {f"{layer}/{what}/{field}": getattr(s, field)
-              for layer, by_what in series.items() for what, s in by_what.items() for field in ("edges", "counts")}
-    epochs = next(s.epochs for by_what in series.values() for s in by_what.values())
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(HISTOGRAMS_ARTIFACT).name
-        np.savez_compressed(path, epochs=epochs, **arrays)
-        client.log_artifact(run_id, str(path), str(Path(HISTOGRAMS_ARTIFACT).parent))
-
-
-def load_histograms(client, run_id: str) -> dict[str, dict[str, HistogramSeries]]:
-    """A run's histogram data back from MLflow: {layer: {"pre" | "norm_in" | "norm_out": series}}."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(run_id, HISTOGRAMS_ARTIFACT, folder)
-        with np.load(path) as saved:
-            arrays = dict(saved)
-    series = {}
-    for key in arrays:
-        if key.endswith("/counts"):
-            layer, what, _ = key.split("/")
-            series.setdefault(layer, {})[what] = HistogramSeries(
-                arrays["epochs"], arrays[f"{layer}/{what}/edges"], arrays[key])
-    return series
-
-
-class _MetricBuffer:
-    """Per-epoch metrics kept in memory and written to the run in batches (see WRITE_EVERY_S)."""
-
-    def __init__(self):
-        self.items: list[Metric] = []
-        self.written_at = time.monotonic()
-
-    def add(self, values: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.items += [Metric(key, float(value), now, step) for key, value in values.items()]
-
-    def write(self, trainer, force: bool = False) -> None:
-        if not self.items or (not force and time.monotonic() - self.written_at < WRITE_EVERY_S):
-            return
-        client, run_id = trainer.logger.experiment, trainer.logger.run_id
-        for start in range(0, len(self.items), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run_id, metrics=self.items[start : start + 1000])
-        self.items, self.written_at = [], time.monotonic()
-
-
 def _log_table(trainer, rows: list[dict], stem: str, title: str, caption: str) -> None:
     """rows as probes/<stem>.md (numbers to 4 significant digits, the caption below) and probes/<stem>.csv."""
-    client, run_id = trainer.logger.experiment, trainer.logger.run_id
-    columns = list(rows[0])
-    cells = [[f"{v:.4g}" if isinstance(v := row[c], float) else str(v) for c in columns] for row in rows]
-    table = Table(stem, title, columns, cells, rows, [caption])
-    client.log_text(run_id, table.markdown, f"probes/{stem}.md")
-    client.log_text(run_id, table.csv, f"probes/{stem}.csv")
+    table = tables.from_records(stem, title, rows, [caption])
+    table.log_to_run(trainer.logger.experiment, trainer.logger.run_id, "probes")
+
+
+def _write(buffer: MetricBuffer, trainer, force: bool = False) -> None:
+    buffer.write(trainer.logger.experiment, trainer.logger.run_id, force)
 
 
 class ParameterTable(pl.Callback):
     """Logs probes/param_counts.{md,csv}: trainable vs non-trainable per layer and in total, Keras style."""
 
     def on_fit_start(self, trainer, pl_module):
-        from normexp.train import parameter_counts  # train.py imports this module: import at call time
-
         model = pl_module.model
         rows = []
         for name, module in model.named_modules():
@@ -183,10 +98,10 @@ class NormProbe(pl.Callback):
 
     def __init__(self, undo_gamma_tol: float, undo_beta_tol: float):
         if not (undo_gamma_tol > 0 and undo_beta_tol > 0):
-            raise ConfigError(f"probes.undo_gamma_tol={undo_gamma_tol} and probes.undo_beta_tol={undo_beta_tol} "
+            raise ConfigError(f"probes.undo_gamma_tol={undo_gamma_tol:g} and probes.undo_beta_tol={undo_beta_tol:g} "
                               "must be positive; e.g. 0.5")
         self.undo_gamma_tol, self.undo_beta_tol = undo_gamma_tol, undo_beta_tol
-        self.metrics = _MetricBuffer()
+        self.metrics = MetricBuffer(WRITE_EVERY_S)
 
     EPOCH_KEYS = ("gamma_mean", "gamma_std", "beta_mean", "beta_std", "running_mean_mean", "running_var_mean")
 
@@ -195,13 +110,13 @@ class NormProbe(pl.Callback):
                   for layer, norm in norm_layers(pl_module.model).items()
                   for key, value in norm_summary(norm).items() if key in self.EPOCH_KEYS}
         self.metrics.add(values, step=trainer.current_epoch + 1)
-        self.metrics.write(trainer)
+        _write(self.metrics, trainer)
 
     def on_exception(self, trainer, pl_module, exception):
-        self.metrics.write(trainer, force=True)
+        _write(self.metrics, trainer, force=True)
 
     def on_fit_end(self, trainer, pl_module):
-        self.metrics.write(trainer, force=True)
+        _write(self.metrics, trainer, force=True)
         layers = norm_layers(pl_module.model)
         if not layers:
             return
@@ -233,9 +148,9 @@ class ActivationProbe(pl.Callback):
         if bins < 1:
             raise ConfigError(f"probes.histogram_bins={bins} must be >= 1; e.g. probes.histogram_bins=50")
         self.probe_x, self.bins = probe_x, bins  # (N, C, H, W)
-        self.metrics = _MetricBuffer()
+        self.metrics = MetricBuffer(WRITE_EVERY_S)
         self.epochs: list[int] = []
-        self.histograms: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (layer, what) -> per epoch
+        self.per_epoch: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (layer, what) -> per epoch
 
     def on_fit_start(self, trainer, pl_module):
         self.probe_x = self.probe_x.to(pl_module.device)
@@ -279,7 +194,7 @@ class ActivationProbe(pl.Callback):
                 norm_in, norm_out = seen[(layer, "norm")]
                 self._describe(layer, "norm_in", norm_in)
                 if norm_out is pre:  # placement=pre: the norm's output is the ReLU's input, described above
-                    self.histograms.setdefault((layer, "norm_out"), []).append(self.histograms[(layer, "pre")][-1])
+                    self.per_epoch.setdefault((layer, "norm_out"), []).append(self.per_epoch[(layer, "pre")][-1])
                     out_mean, out_std = pre_mean, pre_std
                 else:
                     out_mean, out_std = self._describe(layer, "norm_out", norm_out)
@@ -291,27 +206,27 @@ class ActivationProbe(pl.Callback):
                     values[f"bn/{layer}/train_eval_gap"] = (train_out - norm_out).abs().mean().item()
         self.epochs.append(trainer.current_epoch + 1)
         self.metrics.add(values, step=trainer.current_epoch + 1)
-        self.metrics.write(trainer)
+        _write(self.metrics, trainer)
 
     def _describe(self, layer: str, what: str, x: torch.Tensor) -> tuple[float, float]:
         """Adds this epoch's histogram of x; returns x's (mean, std) over all its elements."""
-        self.histograms.setdefault((layer, what), []).append(histogram(x, self.bins))
+        self.per_epoch.setdefault((layer, what), []).append(histograms.histogram(x.float().cpu().numpy(), self.bins))
         std, mean = torch.std_mean(x)
         return mean.item(), std.item()
 
     def on_exception(self, trainer, pl_module, exception):
-        self.metrics.write(trainer, force=True)
+        _write(self.metrics, trainer, force=True)
 
     def on_fit_end(self, trainer, pl_module):
-        self.metrics.write(trainer, force=True)
+        _write(self.metrics, trainer, force=True)
         if not self.epochs:
             return
         client, run_id = trainer.logger.experiment, trainer.logger.run_id
         series = {}
-        for (layer, what), per_epoch in self.histograms.items():
+        for (layer, what), per_epoch in self.per_epoch.items():
             edges, counts = (np.stack(arrays) for arrays in zip(*per_epoch))
             series.setdefault(layer, {})[what] = HistogramSeries(np.array(self.epochs), edges, counts)
-        _save_histograms(client, run_id, series)
+        histograms.save(client, run_id, series)
         plots.log_figure(client, run_id, plots.activation_evolution({layer: s["pre"] for layer, s in series.items()}),
                          "plots/activation_evolution.png")
         first_norm = next((layer for layer, s in series.items() if "norm_in" in s), None)

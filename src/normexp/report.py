@@ -4,8 +4,8 @@
     python -m normexp.report --experiment convergence --filter "tags.norm = 'bn'"
     python -m normexp.report --compare-activations RUN_A RUN_B --layer hidden1
 
-Runs that differ only by seed form one variant (normexp.tables); the config params that vary across
-the runs name the variants and decide which tables and figures appear.
+Runs that differ only by seed form one variant (normexp.variants); the config params that vary across
+the runs name the variants and decide which tables (normexp.comparisons) and figures appear.
 """
 
 import argparse
@@ -22,9 +22,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
-from normexp import plots, tables, tracking
+from normexp import comparisons, histograms, plots, tracking, variants
 from normexp.errors import ConfigError
-from normexp.tables import RunData, Table, Variant, stats
+from normexp.stats import describe
+from normexp.tables import Table
+from normexp.variants import RunData, Variant
 
 ARTIFACT_DIR = "report"  # in the parent run: report/report.md, report/<table>.csv, report/<figure>.png
 
@@ -120,26 +122,26 @@ def mean_curve(curves: list[list[float]]) -> np.ndarray:
     return np.array([np.nanmean(col) if np.isfinite(col).any() else np.nan for col in padded.T])
 
 
-def _accuracy_series(variants: list[Variant], keys: list[str], x_key: str) -> dict:
+def _accuracy_series(grouped: list[Variant], keys: list[str], x_key: str) -> dict:
     """{label of the other keys: (x, mean, std, diverged) arrays}: final val accuracy against x_key."""
     others = [k for k in keys if k != x_key]
     series = {}
-    for v in variants:
-        mean, std, _ = stats(r.metric("outcome/final_val_acc") for r in v.runs)
+    for v in grouped:
+        mean, std, _ = describe(r.metric("outcome/final_val_acc") for r in v.runs)
         point = (float(v.values[x_key]), mean, std, any(r.diverged for r in v.runs))
         series.setdefault(v.label(others), []).append(point)
     return {label: tuple(np.array(values) for values in zip(*points)) for label, points in series.items()}
 
 
-def figures(variants: list[Variant], keys: list[str], target_acc: float | None) -> dict[str, Figure]:
-    loss = {v.label(keys): mean_curve([r.train_loss for r in v.runs]) for v in variants}
-    acc = {v.label(keys): mean_curve([r.val_acc for r in v.runs]) for v in variants}
-    reached = {v.label(keys): stats(r.metrics.get("outcome/epochs_to_target") for r in v.runs)[0] for v in variants}
+def figures(grouped: list[Variant], keys: list[str], target_acc: float | None) -> dict[str, Figure]:
+    loss = {v.label(keys): mean_curve([r.train_loss for r in v.runs]) for v in grouped}
+    acc = {v.label(keys): mean_curve([r.val_acc for r in v.runs]) for v in grouped}
+    reached = {v.label(keys): describe(r.metrics.get("outcome/epochs_to_target") for r in v.runs)[0] for v in grouped}
     result = {"curves": plots.overlay_curves(loss, acc, reached, target_acc)}
     for x_key, name in (("optim.lr", "learning rate"), ("dataset.batch_size", "batch size")):
         if x_key in keys:
-            result[f"accuracy_vs_{tables.column(x_key)}"] = plots.accuracy_vs(
-                name, _accuracy_series(variants, keys, x_key))
+            result[f"accuracy_vs_{variants.column(x_key)}"] = plots.accuracy_vs(
+                name, _accuracy_series(grouped, keys, x_key))
     return result
 
 
@@ -150,13 +152,14 @@ def report_from_runs(client: MlflowClient, runs: list, title: str, command: str 
     if not loaded:
         raise ConfigError(f"{title}: no finished training runs to report on"
                           + (f" ({'; '.join(left_out)})" if left_out else ""))
-    keys = tables.variant_keys(loaded)
-    variants = tables.group(loaded, keys)
+    keys = variants.variant_keys(loaded)
+    grouped = variants.group(loaded, keys)
     summary = ([f"Command: `python -m normexp.train -m {command}`"] if command else []) + [
-        f"{len(loaded)} runs, {len(variants)} variant" + ("s" if len(variants) > 1 else ""), tables.common_settings(loaded, keys), *left_out]
+        f"{len(loaded)} runs, {len(grouped)} variant" + ("s" if len(grouped) > 1 else ""),
+        variants.common_settings(loaded, keys), *left_out]
     targets = {r.params.get("dataset.target_acc") for r in loaded}
     target_acc = float(targets.pop()) if len(targets) == 1 else None
-    return Report(title, summary, tables.for_sweep(variants, keys), figures(variants, keys, target_acc))
+    return Report(title, summary, comparisons.for_sweep(grouped, keys), figures(grouped, keys, target_acc))
 
 
 def build_report(client: MlflowClient, parent_run_id: str) -> Report:
@@ -172,7 +175,7 @@ def log_to_run(client: MlflowClient, run_id: str, report: Report) -> None:
     shown at the top of the run in the MLflow UI."""
     client.log_text(run_id, report.markdown, f"{ARTIFACT_DIR}/report.md")
     for table in report.tables:
-        client.log_text(run_id, table.csv, f"{ARTIFACT_DIR}/{table.name}.csv")
+        table.log_to_run(client, run_id, ARTIFACT_DIR)
     for name, fig in report.figures.items():
         client.log_figure(run_id, fig, f"{ARTIFACT_DIR}/{name}.png")
     note = report.markdown
@@ -184,30 +187,28 @@ def log_to_run(client: MlflowClient, run_id: str, report: Report) -> None:
 def save(report: Report, out_dir: Path) -> list[Path]:
     """report.md, <table>.md and <table>.csv for each table, <figure>.png; the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {out_dir / "report.md": report.markdown}
+    (out_dir / "report.md").write_text(report.markdown)
+    written = [out_dir / "report.md"]
     for table in report.tables:
-        files |= {out_dir / f"{table.name}.md": table.markdown, out_dir / f"{table.name}.csv": table.csv}
-    for path, text in files.items():
-        path.write_text(text)
+        written += table.save(out_dir)
     for name, fig in report.figures.items():
         fig.savefig(out_dir / f"{name}.png", dpi=100)
-    return list(files) + [out_dir / f"{name}.png" for name in report.figures]
+        written.append(out_dir / f"{name}.png")
+    return written
 
 
 def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str) -> Figure:
     """The same layer's pre-activation distribution over epochs in two runs, side by side."""
-    from normexp import probes  # imported here: reading a sweep needs no torch
-
     series, labels = [], []
     for run_id in (run_a, run_b):
         try:
-            histograms = probes.load_histograms(client, run_id)
+            by_layer = histograms.load(client, run_id)
         except (MlflowException, OSError):
-            raise ConfigError(f"run '{run_id}' has no {probes.HISTOGRAMS_ARTIFACT} artifact in {client.tracking_uri}; "
+            raise ConfigError(f"run '{run_id}' has no {histograms.ARTIFACT} artifact in {client.tracking_uri}; "
                               "was it trained with probes.enabled=true?") from None
-        if layer not in histograms:
-            raise ConfigError(f"--layer {layer}: run '{run_id}' has no such layer; it has {', '.join(histograms)}")
-        series.append(histograms[layer]["pre"])
+        if layer not in by_layer:
+            raise ConfigError(f"--layer {layer}: run '{run_id}' has no such layer; it has {', '.join(by_layer)}")
+        series.append(by_layer[layer]["pre"])
         labels.append(client.get_run(run_id).info.run_name)
     return plots.activation_evolution_pair(series[0], series[1], tuple(labels), layer)
 

@@ -1,24 +1,24 @@
-"""MLflow: tracking URI, experiments, runs with params/tags/config, and the parent run of a sweep."""
+"""MLflow: where runs go, and the one owner of their lifecycle. Every run is created here and ended
+here, FINISHED only once everything it records is written; Lightning's logger only logs metrics."""
 
-import logging
 import subprocess
-import sys
+import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from omegaconf import DictConfig, OmegaConf
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
 
-from normexp.errors import ConfigError
+from normexp.variants import variant_name
 
 # src/normexp/tracking.py -> the repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
-log = logging.getLogger(__name__)
+ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
 
 
 def tracking_uri(cfg) -> str:
@@ -47,7 +47,7 @@ def client_and_experiment(cfg) -> tuple[MlflowClient, str]:
 def run_name(cfg) -> str:
     """e.g. bn-adam-lr0.01-bs64-s0; the model is named when it is not the default MLP."""
     parts = [] if cfg.model.name == "mlp" else [cfg.model.name]
-    parts.append(cfg.norm.kind + ("-post" if cfg.norm.placement == "post" else ""))
+    parts.append(variant_name(cfg.norm.kind, cfg.norm.placement))
     parts += [cfg.optim.name, f"lr{cfg.optim.lr:g}", f"bs{cfg.dataset.batch_size}", f"s{cfg.seed}"]
     return "-".join(parts)
 
@@ -76,9 +76,14 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def _create_run(tracking_cfg, tags: dict) -> tuple[MlflowClient, str]:
+    client, experiment_id = client_and_experiment(tracking_cfg)
+    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | tags)
+    return client, run.info.run_id
+
+
 def start_run(cfg, parent_run_id: str | None, extra_params: dict | None = None) -> tuple[MlflowClient, str]:
-    """Create the run for one training job, with its config as params, tags and a YAML artifact."""
-    client, experiment_id = client_and_experiment(cfg.tracking)
+    """Create the run of one training job (or study), with its config as params, tags and a YAML artifact."""
     tags = {
         MLFLOW_RUN_NAME: cfg.tracking.run_name or run_name(cfg),
         "dataset": cfg.dataset.name,
@@ -87,102 +92,90 @@ def start_run(cfg, parent_run_id: str | None, extra_params: dict | None = None) 
         "placement": cfg.norm.placement,
         "optim": cfg.optim.name,
         "seed": str(cfg.seed),
-        "git_commit": git_commit(),
     }
     if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        tags["sweep"] = parent_run_id
-    run = client.create_run(experiment_id, tags=tags)
-    run_id = run.info.run_id
+        tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "sweep": parent_run_id}
+    client, run_id = _create_run(cfg.tracking, tags)
     params = flat_params(cfg) | {k: str(v) for k, v in (extra_params or {}).items()}
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[start : start + 100])
+    client.log_batch(run_id, params=[Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()])
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     return client, run_id
 
 
+def start_sweep_run(tracking_cfg, sweep_dir: Path, overrides: str) -> tuple[MlflowClient, str]:
+    """Create the parent run of a Hydra multirun."""
+    return _create_run(tracking_cfg, {MLFLOW_RUN_NAME: f"sweep {sweep_dir.name}", "sweep_dir": str(sweep_dir.resolve()),
+                                      "overrides": overrides})
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """RUNNING again (a resumed study's run); its children left RUNNING by a killed process end KILLED."""
+    client.update_run(run_id, status="RUNNING")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    stale = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+    for child in client.search_runs([experiment_id], stale):
+        end_run(client, child.info.run_id, "KILLED")
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException | None = None) -> None:
+    """The one place a run ends. A FAILED run records its error as the tag `error` and its traceback
+    as error.txt."""
+    if error is not None:
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_VAL_LENGTH])
+        client.log_text(run_id, "".join(traceback.format_exception(error)), ERROR_ARTIFACT)
+    client.set_terminated(run_id, status)
+
+
+@contextmanager
+def ending(client: MlflowClient, run_id: str):
+    """Around everything a run records: FINISHED after it, FAILED on an exception (recorded), KILLED
+    on Ctrl-C (Lightning turns it into SystemExit) or SystemExit."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        end_run(client, run_id, "KILLED")
+        raise
+    except Exception as error:
+        end_run(client, run_id, "FAILED", error)
+        raise
+    end_run(client, run_id, "FINISHED")
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    items = [Metric(k, float(v), 0, step) for k, v in metrics.items()]
-    for start in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[start : start + 1000])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def sweep_parent_run_id() -> str | None:
-    """The parent run of the Hydra multirun this job belongs to, or None outside a multirun."""
-    if not HydraConfig.initialized():
-        return None
-    marker = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
-    return marker.read_text().strip() if HydraConfig.get().mode.name == "MULTIRUN" and marker.exists() else None
+class MetricsLogger(MLFlowLogger):
+    """Lightning's MLflow logger for an existing run, minus ending it: Lightning finalizes the logger
+    at the end of `fit` and again of `test`, before the run's outcome is written."""
+
+    def __init__(self, tracking_cfg, run_id: str):
+        super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=tracking_uri(tracking_cfg), run_id=run_id)
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # the run's owner ends it (`ending`)
 
 
-@contextmanager
-def hydra_job(tracking_cfg):
-    """Around the work of a Hydra job (train or search); yields the sweep's parent run id (None outside
-    a multirun). A ConfigError in a single run becomes one line on stderr and exit status 1; in a
-    multirun Hydra records the failed job, runs the others, then reports it. An interrupt ends the
-    sweep's parent run KILLED: Hydra's end-of-sweep callbacks never run then."""
-    parent_run_id = sweep_parent_run_id()
-    try:
-        yield parent_run_id
-    except ConfigError as error:
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise
-        sys.exit(f"error: {error}")
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
-        if parent_run_id:
-            client_and_experiment(tracking_cfg)[0].set_terminated(parent_run_id, "KILLED")
-        raise
+class MetricBuffer:
+    """Metrics kept in memory and written to a run in one batch, at most every `every_s` seconds
+    (one SQLite write costs ~30 ms, a third of a digits epoch) or when forced."""
 
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.items: list[Metric] = []
+        self.written_at = time.monotonic()
 
-class SweepParentRun(Callback):
-    """Hydra callback: one MLflow parent run per multirun; jobs find its id in the sweep folder."""
+    def add(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.items += [Metric(key, float(value), now, step) for key, value in values.items()]
 
-    def __init__(self):
-        self.run_id: str | None = None  # stays None in a single run, where there is no parent
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        client, experiment_id = client_and_experiment(config.tracking)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = client.create_run(
-            experiment_id,
-            tags={MLFLOW_RUN_NAME: f"sweep {sweep_dir.name}", "sweep_dir": str(sweep_dir.resolve()),
-                  "overrides": overrides, "git_commit": git_commit()},
-        )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
-        self.client, self.run_id, self.failed = client, run.info.run_id, False
-
-    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        # Hydra raises the first failed job only after the whole sweep; mark the parent now, so an
-        # aborted sweep is never left RUNNING.
-        if self.run_id and job_return.status.name == "FAILED" and not self.failed:
-            self.failed = True
-            self.client.set_tag(self.run_id, "failed_job", " ".join(job_return.overrides))
-            self.client.set_terminated(self.run_id, "FAILED")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.failed:
+    def write(self, client: MlflowClient, run_id: str, force: bool = False) -> None:
+        if not self.items or (not force and time.monotonic() - self.written_at < self.every_s):
             return
-        try:
-            from normexp import report  # imported here: normexp.report imports this module
-
-            answer = report.build_report(self.client, self.run_id)
-            try:
-                report.log_to_run(self.client, self.run_id, answer)
-                print(answer.markdown)
-            finally:
-                answer.close()
-        except Exception as error:  # every job has finished: a report bug must not leave the parent RUNNING
-            log.exception("the sweep's report failed; its runs are complete in MLflow")
-            self.client.set_tag(self.run_id, "report_error", repr(error)[:5000])
-        finally:
-            self.client.set_terminated(self.run_id, "FINISHED")
-        print(f"\nBrowse the runs: mlflow ui --backend-store-uri {tracking_uri(config.tracking)} --host 127.0.0.1\n"
-              f"  experiment '{config.tracking.experiment}', sweep parent run {self.run_id}; "
-              f"Hydra's job folders: {config.hydra.sweep.dir}")
+        client.log_batch(run_id, metrics=self.items)
+        self.items, self.written_at = [], time.monotonic()

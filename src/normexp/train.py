@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 import hydra
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import MLFlowLogger
 from torch import nn
 
-from normexp import data, models, plots, probes, tracking
+from normexp import config, data, models, plots, probes, sweep, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.module import Classifier, check_optim
 
@@ -46,16 +45,9 @@ class Outcome:
                 f"{target}, test acc {self.test_acc:.4f}, {self.epoch_s:.2f} s/epoch  [run {self.run_id}]")
 
 
-def parameter_counts(model) -> dict[str, int]:
-    """Keras-style counts: trainable parameters vs non-trainable state (frozen params, BN running stats)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    running = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    return {"params_trainable": trainable, "params_non_trainable": frozen + running}
-
-
 def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
     """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
+    config.refuse_added_keys(cfg)
     check_optim(cfg.optim)
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
@@ -68,18 +60,16 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
     splits, model = prepare(cfg)
     guard, history = DivergenceGuard(cfg.divergence.factor), EpochHistory()
     probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
-    counts = parameter_counts(model)
 
-    client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=counts)
-    try:
+    client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=models.parameter_counts(model))
+    with tracking.ending(client, run_id):  # FINISHED only after the outcome and figures are written
         show_progress = cfg.trainer.progress_bar if cfg.trainer.progress_bar is not None else sys.stderr.isatty()
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,
             accelerator=cfg.trainer.accelerator,
             devices=1,
             deterministic=cfg.trainer.deterministic,
-            logger=MLFlowLogger(experiment_name=cfg.tracking.experiment,
-                                tracking_uri=tracking.tracking_uri(cfg.tracking), run_id=run_id),
+            logger=tracking.MetricsLogger(cfg.tracking, run_id),
             callbacks=[guard, history, *probing, *callbacks],
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
@@ -99,10 +89,6 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
         _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
-    except BaseException as error:  # Ctrl-C reaches here as Lightning's SystemExit: KILLED, not FAILED
-        client.set_terminated(run_id, "FAILED" if isinstance(error, Exception) else "KILLED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
     return outcome
 
 
@@ -148,7 +134,7 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
 
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
 def main(cfg) -> Outcome:
-    with tracking.hydra_job(cfg.tracking) as parent_run_id:
+    with sweep.hydra_job(cfg.tracking) as parent_run_id:
         outcome = run(cfg, parent_run_id=parent_run_id)
     print(outcome.summary())
     return outcome

@@ -1,0 +1,80 @@
+"""The Optuna side of the stable-learning-rate search: study names, storage, the settings a verdict
+depends on, opening (or resuming) a study, and its bracket so far."""
+
+import hydra
+import optuna
+from optuna.trial import TrialState
+
+from normexp import tracking
+from normexp.bracket import bracket
+from normexp.errors import ConfigError
+from normexp.variants import variant_name
+
+UNSTABLE = -10.0  # objective of an unstable rate: below log10 of any rate worth searching
+DECIDED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials with a verdict
+
+
+def group(cfg) -> str:
+    """What a study name says besides the norm: a cross-variant table compares a group's studies with none's."""
+    return f"{cfg.dataset.name}/{cfg.model.name}/{cfg.optim.name}-bs{cfg.dataset.batch_size}"
+
+
+def study_name(cfg) -> str:
+    """e.g. stable-lr/digits/mlp/bn/adam-bs64."""
+    return cfg.search.study_name or (f"stable-lr/{cfg.dataset.name}/{cfg.model.name}/{variant_name(cfg.norm.kind, cfg.norm.placement)}/"
+                                     f"{cfg.optim.name}-bs{cfg.dataset.batch_size}")
+
+
+def storage_url(cfg) -> str:
+    return cfg.search.storage or f"sqlite:///{tracking.PROJECT_ROOT / 'optuna.db'}"
+
+
+def definition(cfg) -> str:
+    seeds = f"{cfg.search.seeds} seed(s) {cfg.seed}..{cfg.seed + cfg.search.seeds - 1}"
+    return (f"stable: training {cfg.search.epochs} epoch(s) does not diverge (loss finite and <= "
+            f"{cfg.divergence.factor:g} x first-step loss) and reaches val accuracy {cfg.dataset.converge_acc:g} "
+            f"on {cfg.dataset.name}, for each of {seeds}")
+
+
+def fingerprint(cfg) -> dict[str, str]:
+    """The settings a verdict depends on (all but the rate and the search strategy); a resumed study keeps them."""
+    flat = tracking.flat_params(cfg)
+    skip = ("tracking.", "search.", "probes.", "trainer.progress_bar", "trainer.max_epochs", "optim.lr")
+    return {k: v for k, v in flat.items() if not k.startswith(skip)} | {
+        k: flat[k] for k in ("search.epochs", "search.seeds")}
+
+
+def open_study(cfg) -> optuna.Study:
+    """Create the study, or load it to resume; trials of a killed search (RUNNING, WAITING) become FAIL
+    and their rates are tried again. One search process per study at a time."""
+    name, url = study_name(cfg), storage_url(cfg)
+    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                pruner=hydra.utils.instantiate(cfg.search.pruner))
+    wanted, stored = fingerprint(cfg), study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", wanted)
+        study.set_user_attr("definition", definition(cfg))
+    elif stored != wanted:
+        diff = ", ".join(f"{k}: {stored.get(k)} -> {wanted.get(k)}"
+                         for k in sorted(stored.keys() | wanted.keys()) if stored.get(k) != wanted.get(k))
+        raise ConfigError(f"study '{name}' in {url} was run with other settings ({diff}); "
+                          "use the same settings, or name a new study with search.study_name=...")
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.tell(study.ask(), state=TrialState.FAIL)  # ask() pops the waiting trial
+    return study
+
+
+def summarize(study: optuna.Study, cfg) -> dict:
+    """The bracket so far, also stored as the study's user attrs."""
+    trials = study.get_trials(deepcopy=False, states=DECIDED)
+    b = bracket([(t.params["lr"], t.user_attrs["stable"]) for t in trials])
+    attrs = {"max_stable_lr": b.max_stable_lr, "min_unstable_lr": b.min_unstable_lr,
+             "non_monotone": bool(b.non_monotone_lrs), "non_monotone_lrs": b.non_monotone_lrs,
+             "trials": len(trials), "epochs_spent": sum(t.user_attrs["epochs"] for t in trials)}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return attrs | {"study": study.study_name, "group": group(cfg), "variant": variant_name(cfg.norm.kind, cfg.norm.placement),
+                    "definition": definition(cfg), "storage": storage_url(cfg)}

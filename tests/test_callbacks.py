@@ -1,0 +1,64 @@
+"""normexp.callbacks: the divergence guard, driven by a real Lightning fit whose losses are scripted."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from normexp.callbacks import DivergenceGuard
+from normexp.errors import ConfigError
+
+
+class ScriptedLoss(pl.LightningModule):
+    """Step i's training loss is losses[i]; `poison_at` makes the BN running mean non-finite at that step."""
+
+    def __init__(self, losses: list[float], poison_at: int | None = None):
+        super().__init__()
+        self.losses, self.poison_at, self.steps = losses, poison_at, 0
+        self.w = nn.Parameter(torch.zeros(1))
+        self.bn = nn.BatchNorm1d(1)
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        if batch_idx == self.poison_at:
+            self.bn.running_mean.fill_(math.nan)
+        return self.w.sum() * 0 + self.losses[batch_idx]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def fit(losses: list[float], factor: float = 10, poison_at: int | None = None) -> tuple[DivergenceGuard, ScriptedLoss]:
+    guard, module = DivergenceGuard(factor), ScriptedLoss(losses, poison_at)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[guard])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.zeros(len(losses), 1), batch_size=1))
+    return guard, module
+
+
+def test_a_loss_above_factor_times_the_first_stops_training_at_that_step():
+    guard, module = fit([2.3, 2.2, 30.0, 2.0, 2.0])
+    assert guard.diverged_at_step == 3 and module.steps == 3  # the steps after it never ran
+    assert guard.reason == "loss 30 > 10 x first-step loss 2.3"
+
+
+def test_a_loss_below_the_threshold_is_not_divergence():
+    guard, module = fit([2.3, 22.9, 2.0])
+    assert guard.diverged_at_step is None and guard.reason == "" and module.steps == 3
+
+
+def test_a_non_finite_loss_diverges_at_once():
+    guard, _ = fit([2.3, math.nan, 2.0])
+    assert guard.diverged_at_step == 2 and guard.reason == "loss nan"
+
+
+def test_non_finite_running_statistics_diverge():
+    guard, _ = fit([2.3, 2.3, 2.3], poison_at=1)
+    assert guard.diverged_at_step == 2 and guard.reason == "non-finite BN running statistics"
+
+
+def test_a_factor_of_one_or_less_is_refused():
+    with pytest.raises(ConfigError, match="divergence.factor=1 must be > 1"):
+        DivergenceGuard(1)

@@ -1,0 +1,55 @@
+"""normexp.comparisons: the verdicts and comparisons of the tables, on hand-made runs."""
+
+import math
+
+from normexp import comparisons
+from normexp.variants import RunData, group
+
+
+def run(norm: str, lr: str = "0.01", seed: int = 0, final: float = 0.9, converged: bool = True,
+        diverged_at: int | None = None, reached: float | None = None) -> RunData:
+    metrics = {"outcome/final_val_acc": final} | ({"outcome/epochs_to_target": reached} if reached else {})
+    return RunData(f"{norm}{lr}{seed}", f"{norm}-s{seed}",
+                   {"norm.kind": norm, "optim.lr": lr, "seed": str(seed), "dataset.target_acc": "0.95",
+                    "trainer.max_epochs": "20"},
+                   metrics, diverged_at is not None, diverged_at, converged and diverged_at is None, [], [])
+
+
+def test_verdict_of_one_seed_and_of_several():
+    assert comparisons.verdict([run("bn", final=0.973)], with_acc=True) == "yes (0.973)"
+    assert comparisons.verdict([run("none", final=math.nan, diverged_at=37)], with_acc=True) == "no (diverged @ step 37)"
+    runs = [run("none", seed=0, final=0.85), run("none", seed=1, final=math.nan, diverged_at=2),
+            run("none", seed=2, final=math.nan, diverged_at=3)]
+    assert comparisons.verdict(runs, with_acc=True) == "no 1/3 (0.850; 2 diverged @ step 2, 3)"
+    assert comparisons.verdict([run("bn", seed=0), run("bn", seed=1)], with_acc=False) == "yes 2/2"
+
+
+def test_lr_table_names_the_largest_rate_that_converged_for_every_seed():
+    runs = [run("none", "0.01"), run("none", "0.1", final=math.nan, diverged_at=2), run("bn", "0.01"), run("bn", "0.1"),
+            run("bn", "1.0", seed=0), run("bn", "1.0", seed=1, final=math.nan, diverged_at=5)]
+    keys = ["norm.kind", "optim.lr"]
+    table = comparisons.lr_table(group(runs, keys), keys)
+    assert table.header == ["lr", "norm=none", "norm=bn"]
+    assert table.rows[-1] == ["**max converging lr**", "**0.01**", "**0.1**"]
+    assert table.rows[2][1:] == ["", "no 1/2 (0.900; 1 diverged @ step 5)"]
+
+
+def test_versus_none_gives_the_speedup_or_says_why_there_is_none():
+    keys = ["norm.kind"]
+    runs = [run("none", reached=12), run("bn", reached=3), run("ln", final=0.5, converged=False)]
+    table = comparisons.versus_none_table(group(runs, keys), keys, "20")
+    speedups = {row[0]: row[3] for row in table.rows}
+    assert speedups == {"bn": "4.00x", "ln": "— (ln did not reach the target)"}
+    assert {row[0]: row[6] for row in table.rows} == {"bn": "+0.000", "ln": "-0.400"}
+    slow_none = comparisons.versus_none_table(group([run("none"), run("bn", reached=4)], keys), keys, "20")
+    assert slow_none.rows[0][3] == "> 5.00x (none did not reach it in 20 epochs)"
+
+
+def test_stable_lr_table_divides_by_none_in_the_same_group():
+    def summary(variant, lr):
+        return {"variant": variant, "group": "digits/mlp/adam-bs64", "max_stable_lr": lr, "min_unstable_lr": None,
+                "trials": 5, "epochs_spent": 9, "non_monotone": False, "study": f"s/{variant}", "definition": "d"}
+
+    table = comparisons.stable_lr_table([summary("none", 0.04), summary("bn", 0.4), summary("gn", None)])
+    assert [r["ratio_to_none"] for r in table.records] == [1.0, 10.0, None]
+    assert table.rows[2][2] == "-" and table.notes == ["d"]

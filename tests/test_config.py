@@ -1,0 +1,49 @@
+"""normexp.config: the schemas type every value, so Hydra refuses a wrong type or an unknown key while
+composing, before any data is loaded or run exists."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from normexp import config, train
+from normexp.errors import ConfigError
+
+OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": ["mlp", "mlp_deep", "cnn", "cnn_modern"],
+           "norm": ["none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch"], "optim": ["adam", "adamw", "sgd"]}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in OPTIONS.items() for o in options])
+def test_every_option_is_typed_by_its_schema(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    assert issubclass(OmegaConf.get_type(cfg[group]), {"dataset": config.DatasetConfig, "model": config.ModelConfig,
+                                                       "norm": config.NormConfig, "optim": config.OptimConfig}[group])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("norm.eps=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("optim.lrr=0.1", "Key 'lrr' not in 'AdamConfig'"),
+    ("seed=x", "Value 'x' of type 'str' could not be converted to Integer"),
+    ("trainer.max_epochs=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("norm=none norm.eps=0.1", "Key 'eps' not in 'NormConfig'"),
+])
+def test_a_wrong_type_or_an_unknown_key_is_refused_while_composing(compose_cfg, override, message):
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_cfg(*override.split())
+    assert message in str(refused.value.__cause__)
+
+
+def test_a_key_added_with_plus_is_refused_before_any_run(compose_cfg, experiment_runs):
+    with pytest.raises(ConfigError, match="unknown key optim.lrr; optim=adam has: name, lr, weight_decay, betas"):
+        train.run(compose_cfg("+optim.lrr=0.1"))
+    assert experiment_runs() == []
+
+
+@pytest.mark.parametrize("override, key", [("optim.lrr=0.1", "optim.lrr"), ("norm.eps=abc", "norm.eps")])
+def test_the_command_line_refuses_before_any_store_exists(tmp_path, override, key):
+    done = subprocess.run([sys.executable, "-m", "normexp.train", override, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and key in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # not even the store was created

@@ -1,0 +1,39 @@
+"""normexp.module: the Classifier's optimizer (weight decay on weights only) and the optim checks."""
+
+import pytest
+import torch
+from torch import nn
+
+from normexp.errors import ConfigError
+from normexp.module import Classifier, check_optim
+from tests.conftest import compose
+
+
+def optim_cfg(option: str, **overrides):
+    """conf/optim/<option>.yaml as composed, with `overrides`."""
+    return compose("train", f"optim={option}", *(f"optim.{k}={v}" for k, v in overrides.items())).optim
+
+
+def test_weight_decay_falls_on_weight_matrices_only():
+    model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    optimizer = Classifier(model, optim_cfg("adamw", weight_decay=0.05)).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and {p.ndim for p in decayed["params"]} == {2}
+    assert plain["weight_decay"] == 0.0 and {p.ndim for p in plain["params"]} == {1}  # gamma, beta, bias
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_sgd_gets_its_momentum_and_nesterov():
+    optimizer = Classifier(nn.Linear(2, 2), optim_cfg("sgd", momentum=0.5, nesterov=True)).configure_optimizers()
+    assert optimizer.defaults["momentum"] == 0.5 and optimizer.defaults["nesterov"] is True
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"name": "adagrad"}, "unknown optim 'adagrad'; expected one of adam, adamw, sgd"),
+    ({"lr": 0.0}, "optim.lr=0.0 must be positive"),
+    ({"weight_decay": -0.1}, "optim.weight_decay=-0.1 must be >= 0"),
+])
+def test_bad_optim_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_optim(optim_cfg("adam", **overrides))
