@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -6,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from normexp.scratch import (CHECK_SHAPES, COLUMNS, TOLERANCE, BatchNorm, LayerNorm, compare_with_torch,
-                             gradcheck_functions, main)
+from normexp import scratch
+from normexp.scratch import (CHECK_SHAPES, COLUMNS, GROUP_SHAPES, TOLERANCE, BatchNorm, LayerNorm, compare_group_norm,
+                             compare_with_torch, gradcheck_functions, main)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -26,6 +28,28 @@ def test_gradcheck_float64_both_functions():
     assert any(name.startswith("BatchNorm") for name in results)
     assert any(name.startswith("LayerNorm") for name in results)
     assert all(results.values()), results
+
+
+@pytest.mark.parametrize("shape", GROUP_SHAPES)
+def test_group_norm_equals_instance_norm_and_layer_norm(shape):
+    diff = compare_group_norm(shape, seed=0)
+    assert set(diff) == {"instance", "layer"}
+    assert max(diff.values()) <= TOLERANCE, diff
+
+
+def test_group_norm_comparison_sees_a_norm_that_differs(monkeypatch):
+    # eps 0.1 instead of 1e-5 in the reference norms: a comparison that passed regardless would miss it.
+    for name in ("InstanceNorm2d", "LayerNorm"):
+        monkeypatch.setattr(torch.nn, name, functools.partial(getattr(torch.nn, name), eps=0.1))
+    diff = compare_group_norm((4, 3, 5, 5))
+    assert min(diff.values()) > 100 * TOLERANCE, diff
+
+
+def test_check_fails_when_an_equivalence_is_off(monkeypatch, capsys):
+    monkeypatch.setattr(scratch, "compare_group_norm", lambda shape: {"instance": 0.0, "layer": 1e-3})
+    assert main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "SOME CHECKS FAILED" in out
 
 
 def test_running_var_is_unbiased_and_uses_torch_momentum():
@@ -69,6 +93,9 @@ def test_check_command_passes_and_names_every_check():
         assert column in result.stdout
     for shape in CHECK_SHAPES:
         assert f"BatchNorm {shape}" in result.stdout and f"LayerNorm {shape}" in result.stdout
+    for shape in GROUP_SHAPES:
+        assert f"GroupNorm {shape}" in result.stdout
+    assert "GN(C, C)=IN" in result.stdout and "GN(1, C)=LN" in result.stdout
     for name in gradcheck_functions():
         assert name in result.stdout
     assert "gradcheck" in result.stdout and "ALL CHECKS PASSED" in result.stdout

@@ -133,3 +133,15 @@ def test_bad_value_is_one_line_nonzero_exit_and_no_run_left_running(tmp_path, tr
     assert done.stderr.strip().splitlines()[-1] == (
         "error: norm.num_groups=3 does not divide the layer width(s) [256, 128, 64, 32]; choose one of [1, 2, 4, 8, 16, 32]")
     assert experiment_runs() == []
+
+
+@pytest.mark.parametrize("norm, placement, folded", [("bn", "pre", True), ("bn", "post", False), ("ln", "pre", None)])
+def test_every_run_logs_its_inference_cost_and_bn_folded(compose_cfg, mlflow_client, norm, placement, folded):
+    outcome = train.run(compose_cfg(f"norm={norm}", f"norm.placement={placement}", "trainer.max_epochs=1"))
+    metrics = mlflow_client.get_run(outcome.run_id).data.metrics
+    assert metrics["inference/ms_per_batch"] > 0
+    if folded is None:  # no running statistics: nothing to fold
+        assert not {k for k in metrics if k.startswith("inference/") and k != "inference/ms_per_batch"}
+        return
+    assert metrics["inference/fold_max_abs_diff"] < 1e-4 and metrics["inference/ms_per_batch_folded"] > 0
+    assert metrics["inference/bn_folded"] == (4 if folded else 0)  # BN after the ReLU cannot fold into the layer

@@ -176,6 +176,8 @@ class ProbesConfig:
     histogram_bins: int = MISSING
     undo_gamma_tol: float = MISSING
     undo_beta_tol: float = MISSING
+    inference_batch_size: int = MISSING
+    inference_repeats: int = MISSING
 
 
 @dataclass

@@ -8,7 +8,7 @@ With m = number of elements each statistic averages over:
   forward:  mu = mean(x),  var = mean((x - mu)^2),  x_hat = (x - mu) / sqrt(var + eps),  y = gamma * x_hat + beta
   backward: dx = (1/m) * inv_std * (m * dxhat - sum(dxhat) - x_hat * sum(dxhat * x_hat)),  with dxhat = dy * gamma
 
-Check against torch:  python -m normexp.scratch --check
+Check against torch (and GroupNorm against InstanceNorm/LayerNorm):  python -m normexp.scratch --check
 """
 
 import argparse
@@ -206,15 +206,40 @@ def gradcheck_functions():
     }
 
 
+def compare_group_norm(shape, seed=0):
+    """Max abs output difference of GroupNorm against the two torch norms it reduces to, on (N, C, H, W) inputs.
+
+    "instance": GroupNorm(C, C) (one channel per group) vs InstanceNorm2d(C, affine=True), gamma/beta copied.
+    "layer": GroupNorm(1, C) vs LayerNorm([C, H, W]) (what norm=ln builds for conv layers rests on this). Their
+    affines differ in shape, per channel (C,) vs elementwise (C, H, W), so LayerNorm gets GroupNorm's gamma/beta
+    broadcast over (H, W): the affine stays in the comparison instead of being switched off.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    channels, chw = shape[1], shape[1:]
+    per_channel, single = nn.GroupNorm(channels, channels), nn.GroupNorm(1, channels)
+    instance, layer = nn.InstanceNorm2d(channels, affine=True), nn.LayerNorm(chw)
+    with torch.no_grad():
+        for p in (*per_channel.parameters(), *single.parameters()):  # non-trivial gamma/beta, as above
+            p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
+        instance.load_state_dict(per_channel.state_dict())
+        layer.weight.copy_(single.weight[:, None, None].expand(chw))  # (C,) -> (C, H, W)
+        layer.bias.copy_(single.bias[:, None, None].expand(chw))
+        x = 2 * torch.randn(shape, generator=gen) + 0.5
+        return {"instance": (per_channel(x) - instance(x)).abs().max().item(),
+                "layer": (single(x) - layer(x)).abs().max().item()}
+
+
 CHECK_SHAPES = [(2, 3), (7, 5), (16, 33), (4, 3, 5, 5), (2, 7, 3, 3)]
+GROUP_SHAPES = [(4, 3, 5, 5), (2, 7, 3, 3), (8, 32, 14, 14)]
 COLUMNS = ["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "eval_output"]
 TOLERANCE = 1e-5
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m normexp.scratch",
-                                     description="Compare the hand-written BatchNorm/LayerNorm with torch's.")
-    parser.add_argument("--check", action="store_true", help="run the comparison and gradcheck, exit 1 on failure")
+                                     description="Compare the hand-written BatchNorm/LayerNorm with torch's, "
+                                                 "and GroupNorm with InstanceNorm/LayerNorm.")
+    parser.add_argument("--check", action="store_true", help="run the comparisons and gradcheck, exit 1 on failure")
     if not parser.parse_args(argv).check:
         parser.print_usage()
         return 2
@@ -228,6 +253,14 @@ def main(argv=None):
             ok &= passed
             cells = "".join(f"{diff[c]:>13.2e}" if c in diff else f"{'-':>13}" for c in COLUMNS)
             print(f"{f'{name} {shape}':<26}{cells}  {'ok' if passed else 'FAIL'}")
+    print(f"\nGroupNorm vs the torch norm it reduces to, max abs output difference, float32 (tolerance {TOLERANCE:g})")
+    print(f"{'check':<26}{'GN(C, C)=IN':>13}{'GN(1, C)=LN':>13}  result")
+    for shape in GROUP_SHAPES:
+        diff = compare_group_norm(shape)
+        passed = max(diff.values()) <= TOLERANCE
+        ok &= passed
+        cells = f"{diff['instance']:>13.2e}{diff['layer']:>13.2e}"
+        print(f"{f'GroupNorm {shape}':<26}{cells}  {'ok' if passed else 'FAIL'}")
     print("\ntorch.autograd.gradcheck, float64")
     for name, passed in gradcheck_functions().items():
         ok &= passed

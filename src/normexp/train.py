@@ -10,7 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from torch import nn
 
-from normexp import config, data, models, plots, probes, sweep, tracking
+from normexp import config, data, inference, models, plots, probes, sweep, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.module import Classifier, check_optim
 
@@ -87,6 +87,9 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
         test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False, drop_last=False),
                                     verbose=False)[0]
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
+        if cfg.probes.enabled:
+            x = splits.test.x[: cfg.probes.inference_batch_size].to(trainer.strategy.root_device)  # (N, C, H, W)
+            tracking.log_metrics(client, run_id, inference.inference_metrics(model, x, cfg.probes.inference_repeats))
         _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
     return outcome
