@@ -30,8 +30,8 @@ class ScriptedLoss(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def fit(losses: list[float], factor: float = 10, poison_at: int | None = None) -> tuple[DivergenceGuard, ScriptedLoss]:
-    guard, module = DivergenceGuard(factor), ScriptedLoss(losses, poison_at)
+def fit(losses: list[float], patience: int = 1, poison_at: int | None = None) -> tuple[DivergenceGuard, ScriptedLoss]:
+    guard, module = DivergenceGuard(10, patience), ScriptedLoss(losses, poison_at)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[guard])
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(torch.zeros(len(losses), 1), batch_size=1))
@@ -41,7 +41,23 @@ def fit(losses: list[float], factor: float = 10, poison_at: int | None = None) -
 def test_a_loss_above_factor_times_the_first_stops_training_at_that_step():
     guard, module = fit([2.3, 2.2, 30.0, 2.0, 2.0])
     assert guard.diverged_at_step == 3 and module.steps == 3  # the steps after it never ran
-    assert guard.reason == "loss 30 > 10 x first-step loss 2.3"
+    assert guard.reason == "loss 30 > 10 x first-step loss 2.3 for 1 steps"
+
+
+def test_a_spike_that_recovers_within_the_patience_is_not_divergence():
+    guard, module = fit([2.3, 2.2, 30.0, 40.0, 2.0, 2.1, 2.0], patience=3)
+    assert guard.diverged_at_step is None and module.steps == 7
+
+
+def test_a_blow_up_that_stays_diverges_at_the_step_it_began():
+    guard, module = fit([2.3, 2.2, 30.0, 40.0, 1e6, 2.0], patience=3)
+    assert guard.diverged_at_step == 3 and module.steps == 5  # stopped once it stayed up for 3 steps
+    assert guard.reason == "loss 30 > 10 x first-step loss 2.3 for 3 steps"
+
+
+def test_a_non_finite_loss_needs_no_patience():
+    guard, _ = fit([2.3, math.inf, 2.0], patience=5)
+    assert guard.diverged_at_step == 2 and guard.reason == "loss inf"
 
 
 def test_a_loss_below_the_threshold_is_not_divergence():
@@ -59,6 +75,8 @@ def test_non_finite_running_statistics_diverge():
     assert guard.diverged_at_step == 2 and guard.reason == "non-finite BN running statistics"
 
 
-def test_a_factor_of_one_or_less_is_refused():
+def test_a_factor_of_one_or_less_or_no_patience_is_refused():
     with pytest.raises(ConfigError, match="divergence.factor=1 must be > 1"):
-        DivergenceGuard(1)
+        DivergenceGuard(1, 5)
+    with pytest.raises(ConfigError, match="divergence.patience=0 must be >= 1"):
+        DivergenceGuard(10, 0)

@@ -11,38 +11,48 @@ from normexp.errors import ConfigError
 
 
 class DivergenceGuard(pl.Callback):
-    """Stop training at the first step whose loss is non-finite or above `factor` x the first step's
-    loss, or whose BN running statistics are non-finite. Divergence is a result: `diverged_at_step`
-    is the global step it happened at, and training ends normally.
+    """Stop training once the loss has stayed above `factor` x the first step's loss for `patience`
+    consecutive steps, or at the first step whose loss or BN running statistics are non-finite.
+    Divergence is a result: `diverged_at_step` is the global step it began at (the first step of the
+    streak), and training ends normally. A spike that recovers within `patience` steps is not divergence.
 
     The reference is the untrained model's loss (about ln(num_classes)): a first-epoch mean would
     already contain the blow-up it is meant to detect (Adam at lr 10 reaches 1e11 at step 2).
     """
 
-    def __init__(self, factor: float):
+    def __init__(self, factor: float, patience: int):
         if not factor > 1:
-            raise ConfigError(f"divergence.factor={factor} must be > 1; e.g. divergence.factor=10")
-        self.factor = factor
+            raise ConfigError(f"divergence.factor={factor:g} must be > 1; e.g. divergence.factor=10")
+        if patience < 1:
+            raise ConfigError(f"divergence.patience={patience} must be >= 1 (steps); e.g. divergence.patience=5")
+        self.factor, self.patience = factor, patience
         self.diverged_at_step: int | None = None
         self.reason = ""
         self._reference: float | None = None
+        self._above: list[tuple[int, float]] = []  # (step, loss) of the current streak above the threshold
 
     def on_fit_start(self, trainer, pl_module):
         self._running_stats = [b for name, b in pl_module.named_buffers() if "running_" in name]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        loss = float(outputs["loss"])
+        loss, step = float(outputs["loss"]), trainer.global_step
         if self._reference is None:
             self._reference = loss
         if not math.isfinite(loss):
-            self.reason = f"loss {loss}"
-        elif loss > self.factor * self._reference:
-            self.reason = f"loss {loss:.4g} > {self.factor:g} x first-step loss {self._reference:.4g}"
+            self._stop(trainer, step, f"loss {loss}")
         elif self._running_stats and not all(torch.isfinite(b).all() for b in self._running_stats):
-            self.reason = "non-finite BN running statistics"
+            self._stop(trainer, step, "non-finite BN running statistics")
+        elif loss > self.factor * self._reference:
+            self._above.append((step, loss))
+            if len(self._above) >= self.patience:
+                first_step, first_loss = self._above[0]
+                self._stop(trainer, first_step, f"loss {first_loss:.4g} > {self.factor:g} x first-step loss "
+                                                f"{self._reference:.4g} for {self.patience} steps")
         else:
-            return
-        self.diverged_at_step = trainer.global_step
+            self._above = []
+
+    def _stop(self, trainer, step: int, reason: str) -> None:
+        self.diverged_at_step, self.reason = step, reason
         trainer.should_stop = True
 
 

@@ -167,6 +167,7 @@ class SearchConfig:
 @dataclass
 class DivergenceConfig:
     factor: float = MISSING
+    patience: int = MISSING
 
 
 @dataclass

@@ -31,8 +31,8 @@ def storage_url(cfg) -> str:
 
 def definition(cfg) -> str:
     seeds = f"{cfg.search.seeds} seed(s) {cfg.seed}..{cfg.seed + cfg.search.seeds - 1}"
-    return (f"stable: training {cfg.search.epochs} epoch(s) does not diverge (loss finite and <= "
-            f"{cfg.divergence.factor:g} x first-step loss) and reaches val accuracy {cfg.dataset.converge_acc:g} "
+    return (f"stable: training {cfg.search.epochs} epoch(s) does not diverge (loss finite, and not above "
+            f"{cfg.divergence.factor:g} x first-step loss for {cfg.divergence.patience} steps in a row) and reaches val accuracy {cfg.dataset.converge_acc:g} "
             f"on {cfg.dataset.name}, for each of {seeds}")
 
 

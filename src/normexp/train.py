@@ -58,7 +58,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
     """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     splits, model = prepare(cfg)
-    guard, history = DivergenceGuard(cfg.divergence.factor), EpochHistory()
+    guard, history = DivergenceGuard(cfg.divergence.factor, cfg.divergence.patience), EpochHistory()
     probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
 
     client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=models.parameter_counts(model))
