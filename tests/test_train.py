@@ -145,3 +145,9 @@ def test_every_run_logs_its_inference_cost_and_bn_folded(compose_cfg, mlflow_cli
         return
     assert metrics["inference/fold_max_abs_diff"] < 1e-4 and metrics["inference/ms_per_batch_folded"] > 0
     assert metrics["inference/bn_folded"] == (4 if folded else 0)  # BN after the ReLU cannot fold into the layer
+
+
+def test_epochs_to_target_needs_the_accuracy_to_stay_above_it():
+    assert train.epochs_to_target([0.90, 0.96, 0.94, 0.96, 0.97, 0.96], 0.95) == 4  # epoch 2 was one lucky epoch
+    assert train.epochs_to_target([0.90, 0.94, 0.96, 0.97], 0.95) == 3  # held until training ended
+    assert train.epochs_to_target([0.96, 0.90], 0.95) is None

@@ -28,7 +28,7 @@ class Outcome:
     diverged_at_step: int | None
     diverged_reason: str            # what the divergence guard saw, e.g. "loss 1.2e+11 > 10 x first-step loss 2.316"
     converged: bool                 # not diverged and best val accuracy >= dataset.converge_acc
-    epochs_to_target: int | None    # first epoch (1-based) with val accuracy >= dataset.target_acc
+    epochs_to_target: int | None    # first epoch (1-based) from which val accuracy stays >= target (epochs_to_target())
     best_val_acc: float
     final_val_acc: float
     train_val_gap: float            # final train accuracy - final val accuracy
@@ -95,10 +95,22 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
     return outcome
 
 
+# An epoch "reaches" the target when val accuracy stays at or above it for this many epochs in a row
+# (fewer at the end of training): one lucky epoch in a noisy curve does not count.
+TARGET_HELD_EPOCHS = 3
+
+
+def epochs_to_target(val_acc: list[float], target: float) -> int | None:
+    """The first epoch (1-based) from which val accuracy stays >= target for TARGET_HELD_EPOCHS epochs."""
+    for start in range(len(val_acc)):
+        if all(acc >= target for acc in val_acc[start : start + TARGET_HELD_EPOCHS]):
+            return start + 1
+    return None
+
+
 def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, test_acc: float) -> Outcome:
     val_acc = history.curve("val/acc")
     finite = [a for a in val_acc if math.isfinite(a)] or [0.0]
-    reached = [epoch for epoch, acc in enumerate(val_acc, start=1) if acc >= cfg.dataset.target_acc]
     diverged = guard.diverged_at_step is not None
     final = history.epochs[-1] if history.epochs else {}
     return Outcome(
@@ -108,7 +120,7 @@ def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, te
         diverged_at_step=guard.diverged_at_step,
         diverged_reason=guard.reason,
         converged=not diverged and max(finite) >= cfg.dataset.converge_acc,
-        epochs_to_target=reached[0] if reached else None,
+        epochs_to_target=epochs_to_target(val_acc, cfg.dataset.target_acc),
         best_val_acc=max(finite),
         final_val_acc=final.get("val/acc", math.nan),
         train_val_gap=final.get("train/acc", math.nan) - final.get("val/acc", math.nan),
