@@ -39,8 +39,9 @@ def test_versus_none_gives_the_speedup_or_says_why_there_is_none():
     runs = [run("none", reached=12), run("bn", reached=3), run("ln", final=0.5, converged=False)]
     table = comparisons.versus_none_table(group(runs, keys), keys, "20")
     speedups = {row[0]: row[3] for row in table.rows}
-    assert speedups == {"bn": "4.00x", "ln": "— (ln did not reach the target)"}
-    assert {row[0]: row[6] for row in table.rows} == {"bn": "+0.000", "ln": "-0.400"}
+    assert speedups == {"bn": "4.00x (one seed: no interval)", "ln": "— (ln did not reach the target)"}
+    assert {row[0]: row[6] for row in table.rows} == {"bn": "+0.000 (one seed: no interval)",
+                                                      "ln": "-0.400 (one seed: no interval)"}
     slow_none = comparisons.versus_none_table(group([run("none"), run("bn", reached=4)], keys), keys, "20")
     assert slow_none.rows[0][3] == "> 5.00x (none did not reach it in 20 epochs)"
 
@@ -53,3 +54,20 @@ def test_stable_lr_table_divides_by_none_in_the_same_group():
     table = comparisons.stable_lr_table([summary("none", 0.04), summary("bn", 0.4), summary("gn", None)])
     assert [r["ratio_to_none"] for r in table.records] == [1.0, 10.0, None]
     assert table.rows[2][2] == "-" and table.notes == ["d"]
+
+
+def test_versus_none_pairs_seeds_and_says_when_the_interval_includes_no_difference():
+    keys = ["norm.kind"]
+    # bn is 0.02 better on every seed although the seeds differ by 0.1 from each other: pairing shows it.
+    runs = [run("none", seed=s, final=0.80 + 0.1 * s, reached=10 + s) for s in range(3)]
+    runs += [run("bn", seed=s, final=0.82 + 0.1 * s, reached=5 + s / 2) for s in range(3)]
+    runs += [run("ln", seed=s, final=0.80 + 0.1 * s + (0.01, -0.02, 0.01)[s], reached=10 + s) for s in range(3)]
+    table = comparisons.versus_none_table(group(runs, keys), keys, "20")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["bn"][3] == "2.00x ± 0.00 (n=3, 95% CI 2.00..2.00)"
+    assert rows["bn"][6] == "+0.020 ± 0.000 (n=3, 95% CI +0.020..+0.020)"
+    assert rows["bn"][7] == "bn reaches the target faster; higher final accuracy"
+    assert rows["ln"][7] == "no clear difference in speed; no clear difference in accuracy"
+    assert rows["ln"][6].endswith(", no clear difference")
+    record = {r["norm"]: r for r in table.records}["bn"]
+    assert record["pairs"] == 3 and abs(record["difference_mean"] - 0.02) < 1e-9

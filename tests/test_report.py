@@ -111,20 +111,26 @@ def test_convergence_table_numbers_are_the_runs_metrics(sweep):
         assert shown[5] == f"{statistics.fmean(final):.3f} ± {statistics.stdev(final):.3f}"
 
 
-def test_versus_none_gives_the_speedup_and_accuracy_difference(sweep):
+def per_seed(runs, key: str) -> dict[str, float]:
+    return {run.data.params["seed"]: run.data.metrics.get(f"outcome/{key}") for run in runs}
+
+
+def test_versus_none_pairs_the_seeds_for_the_speedup_and_accuracy_difference(sweep):
     client, parent_id, children, _ = sweep
     versus = table(report.build_report(client, parent_id), "versus_none")
     groups = by_variant(children)
     for record in versus.records:
         plain, bn = groups["none", record["lr"]], groups["bn", record["lr"]]
-        difference = statistics.fmean(outcome(bn, "final_val_acc")) - statistics.fmean(outcome(plain, "final_val_acc"))
-        assert record["difference"] == pytest.approx(difference)
-        assert row(versus, record["lr"], "bn")[-1] == f"{difference:+.3f}"
-        ett_none, ett_bn = outcome(plain, "epochs_to_target"), outcome(bn, "epochs_to_target")
-        if ett_none and ett_bn:
-            assert record["speedup"] == pytest.approx(statistics.fmean(ett_none) / statistics.fmean(ett_bn))
+        acc_none, acc_bn = per_seed(plain, "final_val_acc"), per_seed(bn, "final_val_acc")
+        differences = [acc_bn[seed] - acc_none[seed] for seed in acc_bn]
+        assert record["pairs"] == 2 and record["difference_mean"] == pytest.approx(statistics.fmean(differences))
+        assert row(versus, record["lr"], "bn")[-2].startswith(f"{statistics.fmean(differences):+.3f} ± ")
+        ett_none, ett_bn = per_seed(plain, "epochs_to_target"), per_seed(bn, "epochs_to_target")
+        speedups = [ett_none[s] / ett_bn[s] for s in ett_bn if ett_none[s] is not None and ett_bn[s] is not None]
+        if speedups:
+            assert record["speedup_mean"] == pytest.approx(statistics.fmean(speedups))
         else:
-            assert math.isnan(record["speedup"])
+            assert math.isnan(record["speedup_mean"])
     assert {r["lr"] for r in versus.records} == set(LRS)
 
 

@@ -5,7 +5,7 @@ mean ± std over seeds, and the number of seeds is in the table ("seeds" column,
 
 import math
 
-from normexp.stats import describe, numbers, shown
+from normexp.stats import describe, interval, numbers, paired_cell, shown
 from normexp.tables import Table, from_records
 from normexp.variants import RunData, Variant, column, order
 
@@ -64,16 +64,33 @@ def convergence_table(variants: list[Variant], keys: list[str], target: str) -> 
     return Table("convergence", "Convergence per variant", header, rows, [_summary(v, keys) for v in variants])
 
 
+def _paired(plain: list[RunData], normed: list[RunData], value) -> list[tuple]:
+    """(value of the norm's run, value of none's run) for each seed that both ran: comparisons pair by seed."""
+    none_by_seed = {r.params.get("seed"): r for r in plain}
+    return [(value(r), value(none_by_seed[r.params.get("seed")])) for r in normed if r.params.get("seed") in none_by_seed]
+
+
+def _direction(values, null: float, more: str, less: str, what: str) -> str:
+    """In words: `more` / `less` when the 95% interval of the per-seed values excludes `null`."""
+    mean, half, n = interval(values)
+    if n < 2:
+        return f"{what}: one seed, no verdict" if n else f"{what}: not measurable"
+    if mean - half > null:
+        return more
+    return less if mean + half < null else f"no clear difference in {what}"
+
+
 def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str) -> Table | None:
-    """Each norm against no normalization in the same setting: the speedup in epochs to the target
-    (epochs without / with the norm) and the final accuracy difference (with - without)."""
+    """Each norm against no normalization in the same setting, paired by seed: the speedup in epochs to
+    the target (epochs without / with the norm) and the final accuracy difference (with - without),
+    per seed, then their mean ± std and 95% interval; the verdict says when it includes no difference."""
     others = [k for k in keys if k != "norm.kind"]
     by_setting = {}
     for v in variants:
         by_setting.setdefault(tuple(v.values[k] for k in others), {})[v.values["norm.kind"]] = v
     header = [column(k) for k in others] + ["norm", "epochs to target: none", "epochs to target: norm",
-                                            "speedup (none / norm)", "final val acc: none", "final val acc: norm",
-                                            "difference (norm - none)"]
+                                            "speedup (none / norm), paired by seed", "final val acc: none",
+                                            "final val acc: norm", "difference (norm - none), paired by seed", "verdict"]
     rows, records = [], []
     for setting, norms in by_setting.items():
         if "none" not in norms:
@@ -82,29 +99,42 @@ def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str)
         for kind, variant in norms.items():
             if kind == "none":
                 continue
+            epochs = _paired(plain, variant.runs, lambda r: r.metrics.get("outcome/epochs_to_target"))
+            speedups = [none / norm for norm, none in epochs if norm is not None and none is not None]
+            differences = [norm - none for norm, none in
+                           _paired(plain, variant.runs, lambda r: r.metric("outcome/final_val_acc"))]
             ett_none = describe(r.metrics.get("outcome/epochs_to_target") for r in plain)[0]
             ett_norm = describe(r.metrics.get("outcome/epochs_to_target") for r in variant.runs)[0]
-            acc_none = describe(r.metric("outcome/final_val_acc") for r in plain)[0]
-            acc_norm = describe(r.metric("outcome/final_val_acc") for r in variant.runs)[0]
-            speedup = ett_none / ett_norm
-            if math.isnan(ett_norm):
+            if speedups:
+                speedup_text = paired_cell(speedups, 1, ".2f", "x")
+                if len(speedups) < len(epochs):
+                    speedup_text += f"; {len(epochs) - len(speedups)} seed(s) where one did not reach it"
+            elif math.isnan(ett_norm):
                 speedup_text = f"— ({kind} did not reach the target)"
-            elif math.isnan(ett_none):
-                speedup_text = (f"> {float(max_epochs) / ett_norm:.2f}x (none did not reach it in {max_epochs} epochs)"
-                         if not all(r.diverged for r in plain) else "— (none diverged)")
+            elif all(r.diverged for r in plain):
+                speedup_text = "— (none diverged)"
             else:
-                speedup_text = f"{speedup:.2f}x"
+                speedup_text = f"> {float(max_epochs) / ett_norm:.2f}x (none did not reach it in {max_epochs} epochs)"
+            verdict_words = "; ".join([
+                _direction(speedups, 1, f"{kind} reaches the target faster", f"{kind} is slower", "speed"),
+                _direction(differences, 0, "higher final accuracy", "lower final accuracy", "accuracy")])
             rows.append(list(setting) + [kind, _epochs_to_target(plain), _epochs_to_target(variant.runs), speedup_text,
                                          shown([r.metric("outcome/final_val_acc") for r in plain]),
                                          shown([r.metric("outcome/final_val_acc") for r in variant.runs]),
-                                         f"{acc_norm - acc_none:+.3f}"])
+                                         paired_cell(differences, 0), verdict_words])
+            speedup_mean, speedup_half, _ = interval(speedups)
+            difference_mean, difference_half, pairs = interval(differences)
             records.append(dict(zip([column(k) for k in others], setting)) | {
                 "norm": kind, "epochs_to_target_none": ett_none, "epochs_to_target_norm": ett_norm,
-                "speedup": speedup, "final_val_acc_none": acc_none, "final_val_acc_norm": acc_norm,
-                "difference": acc_norm - acc_none})
+                "speedup_mean": speedup_mean, "speedup_ci_half": speedup_half,
+                "difference_mean": difference_mean, "difference_ci_half": difference_half, "pairs": pairs,
+                "verdict": verdict_words})
     if not rows:
         return None
-    return Table("versus_none", "Each norm against no normalization", header, rows, records)
+    return Table("versus_none", "Each norm against no normalization (paired by seed)", header, rows, records,
+                 ["95% CI: Student-t interval of the per-seed values; 'no clear difference' when it contains "
+                  "1x (speed) or 0 (accuracy): the seeds do not show a difference beyond their noise. "
+                  "Epochs to target: the first epoch from which val accuracy stays at or above it for 3 epochs."])
 
 
 def _pivot(variants: list[Variant], keys: list[str], row_key: str, cell) -> tuple[list[str], list[list[str]], list]:

@@ -1,7 +1,10 @@
-"""Statistics over seeds, and how a table cell shows them."""
+"""Statistics over seeds, and how a table cell shows them: mean ± std, and paired comparisons with a
+95% confidence interval that says so when it contains "no difference"."""
 
 import math
 import statistics
+
+from scipy.stats import t as student_t
 
 
 def describe(values) -> tuple[float, float, int]:
@@ -24,3 +27,26 @@ def numbers(prefix: str, values) -> dict:
     """{prefix_mean, prefix_std}: a cell's content as numbers, for a CSV row."""
     mean, std, _ = describe(values)
     return {f"{prefix}_mean": mean, f"{prefix}_std": std}
+
+
+def interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the Student-t confidence interval, n) of the finite values; the half-width
+    is NaN below two values (one seed gives no interval)."""
+    mean, std, n = describe(values)
+    if n < 2:
+        return mean, math.nan, n
+    return mean, float(student_t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n), n
+
+
+def paired_cell(values, null: float, spec: str = "+.3f", unit: str = "") -> str:
+    """Per-seed comparisons as 'mean ± std (n=3, 95% CI lo..hi)', marked 'no clear difference' when the
+    interval contains `null` (0 for a difference, 1 for a ratio)."""
+    mean, half, n = interval(values)
+    if n == 0:
+        return "—"
+    if n == 1:
+        return f"{mean:{spec}}{unit} (one seed: no interval)"
+    std = describe(values)[1]
+    low, high = mean - half, mean + half
+    text = f"{mean:{spec}}{unit} ± {std:{spec.lstrip('+')}} (n={n}, 95% CI {low:{spec}}..{high:{spec}})"
+    return text + (", no clear difference" if low <= null <= high else "")
