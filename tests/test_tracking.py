@@ -83,3 +83,12 @@ def test_an_exception_in_training_ends_the_run_failed(compose_cfg, experiment_ru
         train.run(compose_cfg("trainer.max_epochs=1"), callbacks=[Boom()])
     (run,) = experiment_runs()
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom in epoch 1"
+
+
+def test_a_new_experiment_is_marked_model_training_and_carries_its_description(tracking_uri, experiment_name):
+    cfg = OmegaConf.create({"uri": tracking_uri, "artifact_root": None, "experiment": experiment_name,
+                            "description": "How much faster does BN converge?"})
+    client, experiment_id = tracking.client_and_experiment(cfg)
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "How much faster does BN converge?"

@@ -144,6 +144,7 @@ class TrackingConfig:
     uri: Optional[str] = MISSING
     artifact_root: Optional[str] = MISSING
     experiment: str = MISSING
+    description: Optional[str] = MISSING
     run_name: Optional[str] = MISSING
 
 

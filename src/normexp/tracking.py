@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -19,6 +19,8 @@ from normexp.variants import variant_name
 # src/normexp/tracking.py -> the repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
+# MLflow 3's experiment types (the UI's "experiment type"); MLflow has no constant for them yet.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(cfg) -> str:
@@ -36,12 +38,19 @@ def artifact_root(cfg) -> str | None:
 
 
 def client_and_experiment(cfg) -> tuple[MlflowClient, str]:
-    """The MLflow client for `cfg` (the tracking group) and the id of `cfg.experiment`, created if new."""
+    """The MLflow client for `cfg` (the tracking group) and the id of `cfg.experiment`, created if new.
+    A new experiment is marked as model training (the UI then opens on runs, metrics and charts);
+    `cfg.description` (a preset's question) becomes the experiment's description."""
     client = MlflowClient(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    return client, client.create_experiment(cfg.experiment, artifact_location=artifact_root(cfg))
+    if experiment is None:
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_root(cfg),
+                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
+    else:
+        experiment_id = experiment.experiment_id
+    if cfg.description and (experiment is None or experiment.tags.get(MLFLOW_RUN_NOTE) != cfg.description):
+        client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, cfg.description)
+    return client, experiment_id
 
 
 def run_name(cfg) -> str:
