@@ -148,7 +148,11 @@ def figures(grouped: list[Variant], keys: list[str], target_acc: float | None) -
 # ---- The report --------------------------------------------------------------------------------
 
 def report_from_runs(client: MlflowClient, runs: list, title: str, command: str | None = None) -> Report:
-    loaded, left_out = load_runs(client, runs)
+    return report_from_loaded(*load_runs(client, runs), title, command)
+
+
+def report_from_loaded(loaded: list[RunData], left_out: list[str], title: str, command: str | None = None) -> Report:
+    """The report of training runs already read from MLflow (load_runs)."""
     if not loaded:
         raise ConfigError(f"{title}: no finished training runs to report on"
                           + (f" ({'; '.join(left_out)})" if left_out else ""))

@@ -1,0 +1,237 @@
+"""`make answers`: every question's preset on Fashion-MNIST over 3 seeds, the claim it tests and the
+verdict the data gives, written into README's "Answers on Fashion-MNIST" section (between the two
+markers below) with the figures under docs/answers/.
+
+    python -m normexp.answers                                 # all presets (make answers)
+    python -m normexp.answers --only convergence --set trainer.max_epochs=2 --set dataset=digits
+
+A verdict comes from runs paired by seed (normexp.stats.interval: Student-t 95% intervals): a claim
+"holds" only when the interval is clear of "no difference"; "not on this setup" is a verdict too.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from normexp import report, sweep, tracking
+from normexp.stats import interval
+from normexp.variants import RunData, variant_keys
+
+START, END = "<!-- answers:start (make answers rewrites this section) -->", "<!-- answers:end -->"
+DOCS = tracking.PROJECT_ROOT / "docs" / "answers"
+
+
+def _runs(runs: list[RunData], values: dict) -> dict[str, RunData]:
+    """The runs whose params have these values ({"norm.kind": "bn"}), by seed."""
+    return {r.params["seed"]: r for r in runs if all(r.params.get(k) == str(v) for k, v in values.items())}
+
+
+def _paired(a: dict[str, RunData], b: dict[str, RunData], value) -> list[float]:
+    """value(a's run, b's run) for each seed both have, skipping None (e.g. a target never reached)."""
+    values = [value(a[seed], b[seed]) for seed in a if seed in b]
+    return [v for v in values if v is not None]
+
+
+def _ci(values: list[float], spec: str = "+.3f") -> str:
+    mean, half, n = interval(values)
+    return f"{mean:{spec}} (n={n})" if n < 2 else f"{mean:{spec}}, 95% CI {mean - half:{spec}}..{mean + half:{spec}} (n={n})"
+
+
+def _clear(values: list[float], null: float) -> int:
+    """+1 / -1 when the 95% interval lies above / below `null`, 0 when it contains it (or n < 2)."""
+    mean, half, n = interval(values)
+    return 0 if n < 2 or mean - half <= null <= mean + half else (1 if mean > null else -1)
+
+
+def _speedup(plain: RunData, normed: RunData) -> float | None:
+    """Epochs to target without / with the norm; a run that never reached it counts as its epoch budget
+    (so the speedup is then a lower bound)."""
+    budget = float(plain.params["trainer.max_epochs"])
+    none_epochs = plain.metrics.get("outcome/epochs_to_target", budget)
+    norm_epochs = normed.metrics.get("outcome/epochs_to_target")
+    return None if norm_epochs is None else none_epochs / norm_epochs
+
+
+def _final_acc(run: RunData) -> float:
+    return run.metric("outcome/final_val_acc")
+
+
+def convergence(runs: list[RunData]) -> str:
+    speedups = _paired(_runs(runs, {"norm.kind": "none"}), _runs(runs, {"norm.kind": "bn"}), _speedup)
+    direction, (mean, _, _) = _clear(speedups, 1), interval(speedups)
+    if direction > 0:
+        word = "holds" if mean >= 2 else "partly: BN is faster, but by less than 2x"
+    else:
+        word = "not on this setup: no clear speedup" if direction == 0 else "not on this setup: BN is slower"
+    return f"{word}. Speedup (epochs to target, none / bn, per seed): {_ci(speedups, '.2f')}."
+
+
+def lr_tolerance(runs: list[RunData]) -> str:
+    def max_converging(kind: str) -> float | None:
+        rates = {r.params["optim.lr"] for r in runs if r.params["norm.kind"] == kind}
+        ok = [float(lr) for lr in rates if all(r.converged for r in runs
+                                               if r.params["norm.kind"] == kind and r.params["optim.lr"] == lr)]
+        return max(ok, default=None)
+
+    none, bn = max_converging("none"), max_converging("bn")
+    if not none or not bn:
+        return f"no verdict: max converging lr none={none}, bn={bn} (every seed must converge)."
+    ratio, top = bn / none, bn == max(float(r.params["optim.lr"]) for r in runs)
+    word = "holds" if ratio >= 10 else "partly: higher, but less than 10x" if ratio > 1 else "not on this setup"
+    bound = " (at least: bn converged at the grid's largest rate)" if top else ""
+    return f"{word}. Max learning rate at which every seed converged: none {none:g}, bn {bn:g}: {ratio:g}x{bound}."
+
+
+def placement(runs: list[RunData]) -> str:
+    diffs = _paired(_runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"}),
+                    lambda pre, post: _final_acc(pre) - _final_acc(post))
+    word = {1: "holds", 0: "not on this setup: no clear difference", -1: "not on this setup: after is better"}
+    return f"{word[_clear(diffs, 0)]}. Final val accuracy, before - after the ReLU, per seed: {_ci(diffs)}."
+
+
+def _each_norm_faster(runs: list[RunData]) -> tuple[dict[str, list[float]], str]:
+    plain = _runs(runs, {"norm.kind": "none"})
+    kinds = sorted({r.params["norm.kind"] for r in runs} - {"none"})
+    speedups = {k: _paired(plain, _runs(runs, {"norm.kind": k}), _speedup) for k in kinds}
+    faster = [k for k in kinds if _clear(speedups[k], 1) > 0]
+    word = "holds" if len(faster) == len(kinds) else f"partly: only {', '.join(faster)}" if faster else "not on this setup"
+    return speedups, word
+
+
+def norms(runs: list[RunData]) -> str:
+    speedups, word = _each_norm_faster(runs)
+    return f"{word}. Speedup over none per seed: " + "; ".join(f"{k} {_ci(v, '.2f')}" for k, v in speedups.items()) + "."
+
+
+def norms_cnn(runs: list[RunData]) -> str:
+    speedups, word = _each_norm_faster(runs)
+    best = max(speedups, key=lambda k: interval(speedups[k])[0])
+    return (f"{word}; the largest mean speedup is {best}'s. Speedup over none per seed: "
+            + "; ".join(f"{k} {_ci(v, '.2f')}" for k, v in speedups.items()) + ".")
+
+
+def cnn(runs: list[RunData]) -> str:
+    diffs = _paired(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": "none"}), lambda bn, none: _final_acc(bn) - _final_acc(none))
+    word = {1: "holds", 0: "not on this setup: no clear difference", -1: "not on this setup: BN is worse"}
+    return f"{word[_clear(diffs, 0)]}. Final val accuracy, bn - none, per seed: {_ci(diffs)}."
+
+
+def regularization(runs: list[RunData]) -> str:
+    def gap(run: RunData) -> float:
+        return run.metric("outcome/train_val_gap")
+
+    plain = _runs(runs, {"norm.kind": "none", "model.dropout": 0.0})
+    by_bn = _paired(_runs(runs, {"norm.kind": "bn", "model.dropout": 0.0}), plain, lambda bn, none: gap(bn) - gap(none))
+    by_dropout = _paired(_runs(runs, {"norm.kind": "none", "model.dropout": 0.3}), plain, lambda d, none: gap(d) - gap(none))
+    word = {-1: "holds", 0: "not on this setup: no clear change in the gap", 1: "not on this setup: BN widens the gap"}
+    return (f"{word[_clear(by_bn, 0)]}. Change of the train-val gap against none (no dropout), per seed: "
+            f"BN {_ci(by_bn)}; dropout 0.3 {_ci(by_dropout)}.")
+
+
+def batch_size(runs: list[RunData]) -> str:
+    sizes = sorted({int(r.params["dataset.batch_size"]) for r in runs})
+    small, large = sizes[0], sizes[-1]
+    drops = {k: _paired(_runs(runs, {"norm.kind": k, "dataset.batch_size": small}), _runs(runs, {"norm.kind": k, "dataset.batch_size": large}),
+                        lambda s, l: _final_acc(s) - _final_acc(l)) for k in ("bn", "ln", "gn")}
+    bn_worse = _clear(drops["bn"], 0) < 0
+    others_hold = all(_clear(drops[k], 0) >= 0 or interval(drops[k])[0] > interval(drops["bn"])[0] / 2 for k in ("ln", "gn"))
+    word = "holds" if bn_worse and others_hold else "partly: BN degrades, but so do the others" if bn_worse else "not on this setup"
+    return (f"{word}. Final val accuracy at batch {small} - at batch {large}, per seed: "
+            + "; ".join(f"{k} {_ci(v)}" for k, v in drops.items()) + ".")
+
+
+@dataclass
+class Question:
+    preset: str
+    claim: str
+    shrink: list[str]  # overrides that shorten the preset without changing its answer (said in README)
+    verdict: Callable[[list[RunData]], str]
+
+
+QUESTIONS = [
+    Question("convergence", "BN trains 2-10x faster", ["trainer.max_epochs=15"], convergence),
+    Question("lr_tolerance", "BN tolerates 10-100x higher learning rates", ["trainer.max_epochs=5"], lr_tolerance),
+    Question("placement", "BN before the activation trains better than after it", ["trainer.max_epochs=10"], placement),
+    Question("norms", "every normalization makes the MLP reach the target faster", ["trainer.max_epochs=10"], norms),
+    Question("norms_cnn", "every normalization helps a CNN, BN most", ["trainer.max_epochs=5"], norms_cnn),
+    Question("cnn", "BN helps a small CNN trained on little data", ["trainer.max_epochs=5"], cnn),
+    Question("regularization", "BN acts as a regularizer (a smaller train-val gap)", [], regularization),
+    Question("batch_size", "BN degrades below batch size 8, GN and LN do not",
+             ["dataset.fraction=0.1", "trainer.max_epochs=3"], batch_size),
+]
+
+
+def answer(question: Question, seeds: str, extra: list[str], tracking_uri: str, folder: Path, docs: Path) -> str:
+    """Run the preset as one multirun, then its claim, verdict, tables and figure as README Markdown."""
+    overrides = [f"experiment={question.preset}", f"seed={seeds}", *question.shrink, *extra]
+    sweep_dir = folder / question.preset
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "normexp.train", "-m", *overrides, f"tracking.uri={tracking_uri}",
+                    "trainer.progress_bar=false", f"hydra.sweep.dir={sweep_dir}"], check=True, stdout=subprocess.DEVNULL)
+    minutes = (time.monotonic() - started) / 60
+    client = MlflowClient(tracking_uri)
+    parent = (sweep_dir / sweep.PARENT_RUN_FILE).read_text().strip()
+    runs, left_out = report.load_runs(client, report.sweep_runs(client, parent))
+    built = report.report_from_loaded(runs, left_out, question.preset)  # titled by the experiment's name
+    try:
+        docs.mkdir(parents=True, exist_ok=True)
+        figure = docs / f"{question.preset}.png"
+        built.figures["curves"].savefig(figure, dpi=70)
+        varied = ", ".join(variant_keys(runs))
+        question_text = client.get_experiment_by_name(built.title).tags.get("mlflow.note.content", built.title)
+        lines = [f"### {question_text.split(' Claim tested:')[0]}", "",
+                 f"`python -m normexp.train -m {' '.join(overrides)}` ({minutes:.1f} min; varies {varied})", "",
+                 f"**Claim:** {question.claim}. **Verdict:** {question.verdict(runs)}", "",
+                 *[table.markdown for table in built.tables],
+                 f"![{question.preset}](docs/answers/{figure.name})", ""]
+    finally:
+        built.close()
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, {gpu}, torch {torch.__version__}"
+
+
+def rewrite(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"error: {readme} has no answers markers ({START} ... {END}); put them where the section goes")
+    head, rest = text.split(START, 1)
+    readme.write_text(head + START + "\n" + section + "\n" + END + rest.split(END, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m normexp.answers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=[q.preset for q in QUESTIONS], help="these presets only")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more override for every preset")
+    parser.add_argument("--tracking-uri", default=report.default_tracking_uri())
+    parser.add_argument("--readme", type=Path, default=tracking.PROJECT_ROOT / "README.md")
+    parser.add_argument("--docs", type=Path, default=DOCS)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        parts = [answer(q, args.seeds, args.set, args.tracking_uri, Path(folder), args.docs)
+                 for q in QUESTIONS if not args.only or q.preset in args.only]
+    minutes = (time.monotonic() - started) / 60
+    header = (f"Written by `make answers` ({minutes:.0f} min on a {machine()}; seeds {args.seeds}"
+              f"{'; ' + ' '.join(args.set) if args.set else ''}). Each command below is what ran; the presets are "
+              "shortened where the answer does not change (fewer epochs, batch_size on 10% of the training set).\n")
+    rewrite(args.readme, "\n".join([header, *parts]))
+    print(f"rewrote the answers in {args.readme} ({minutes:.1f} min)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
