@@ -6,18 +6,19 @@ from normexp.variants import RunData
 
 def run(seed: int, norm: str, reached: float | None, final: float, **params) -> RunData:
     metrics = {"outcome/final_val_acc": final} | ({"outcome/epochs_to_target": reached} if reached else {})
-    return RunData(f"{norm}{seed}", "r", {"seed": str(seed), "norm.kind": norm, "trainer.max_epochs": "20"} | params,
+    return RunData(f"{norm}{seed}", "r", {"seed": str(seed), "norm.kind": norm, "trainer.max_epochs": "20",
+                                         "model.name": "mlp"} | params,
                    metrics, False, None, True, [], [])
 
 
 def test_convergence_holds_only_when_the_paired_speedup_is_clearly_at_least_two():
     clear = [run(s, "none", 10 + s, 0.9) for s in range(3)] + [run(s, "bn", 4 + s * 0.4, 0.9) for s in range(3)]
-    assert answers.convergence(clear).startswith("holds. Speedup (epochs to target, none / bn, per seed): 2.50, 95% CI")
+    assert answers.convergence(clear).startswith("mlp: holds; speedup (epochs to target, none / bn, per seed) 2.50, 95% CI")
     noisy = [run(s, "none", (6, 10, 4)[s], 0.9) for s in range(3)] + [run(s, "bn", (5, 4, 8)[s], 0.9) for s in range(3)]
-    assert answers.convergence(noisy).startswith("not on this setup: no clear speedup")
+    assert answers.convergence(noisy).startswith("mlp: not on this setup: no clear speedup")
     # none never reaching the target counts as its 20-epoch budget: a lower bound on the speedup
     unreached = [run(s, "none", None, 0.8) for s in range(3)] + [run(s, "bn", 5 + s, 0.9) for s in range(3)]
-    assert answers.convergence(unreached).startswith("holds")
+    assert answers.convergence(unreached).startswith("mlp: holds")
 
 
 def test_batch_size_holds_when_only_bn_loses_accuracy_at_the_smallest_batch():

@@ -57,11 +57,11 @@ def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits
                 assert len(data.load(cfg.dataset, cfg.seed).train) >= cfg.dataset.batch_size, (name, job)
 
 
-@pytest.mark.parametrize("name, shrink, norms", [
-    ("convergence", ["trainer.max_epochs=2"], {"none", "bn"}),
-    ("norms_cnn", ["trainer.max_epochs=1"], {"none", "bn", "ln", "gn", "in"}),
+@pytest.mark.parametrize("name, shrink, norms, models", [
+    ("convergence", ["trainer.max_epochs=2"], {"none", "bn"}, {"mlp", "mlp_deep"}),
+    ("norms_cnn", ["trainer.max_epochs=1"], {"none", "bn", "ln", "gn", "in"}, {"cnn"}),
 ])
-def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, norms, tmp_path, tracking_uri,
+def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, norms, models, tmp_path, tracking_uri,
                                                                  experiment_name, experiment_runs, mlflow_client):
     # No -m: the preset itself makes it a multirun.
     done = subprocess.run(
@@ -74,10 +74,10 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert {r.data.tags["norm"] for r in children} == norms and len(children) == len(norms)
+    assert {r.data.tags["norm"] for r in children} == norms and len(children) == len(norms) * len(models)
     assert all(r.info.status == "FINISHED" and r.data.tags["dataset"] == "digits" for r in children)
     preset = compose_preset(f"experiment={name}")
-    assert {r.data.params["model.name"] for r in children} == {preset.model.name}
+    assert {r.data.params["model.name"] for r in children} == models
     assert {r.data.params["dataset.batch_size"] for r in children} == {str(preset.dataset.batch_size)}
     # The sweep's answer: printed, and on the parent run as artifacts and as its description.
     assert "### Convergence per variant" in done.stdout

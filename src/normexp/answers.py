@@ -67,13 +67,18 @@ def _final_acc(run: RunData) -> float:
 
 
 def convergence(runs: list[RunData]) -> str:
-    speedups = _paired(_runs(runs, {"norm.kind": "none"}), _runs(runs, {"norm.kind": "bn"}), _speedup)
-    direction, (mean, _, _) = _clear(speedups, 1), interval(speedups)
-    if direction > 0:
-        word = "holds" if mean >= 2 else "partly: BN is faster, but by less than 2x"
-    else:
-        word = "not on this setup: no clear speedup" if direction == 0 else "not on this setup: BN is slower"
-    return f"{word}. Speedup (epochs to target, none / bn, per seed): {_ci(speedups, '.2f')}."
+    """Per model (the preset trains the exercises' MLP and a deeper one): the paired speedup of bn."""
+    verdicts = []
+    for model in sorted({r.params["model.name"] for r in runs}):
+        speedups = _paired(_runs(runs, {"norm.kind": "none", "model.name": model}),
+                           _runs(runs, {"norm.kind": "bn", "model.name": model}), _speedup)
+        direction, (mean, _, _) = _clear(speedups, 1), interval(speedups)
+        if direction > 0:
+            word = "holds" if mean >= 2 else "partly: BN is faster, but by less than 2x"
+        else:
+            word = "not on this setup: no clear speedup" if direction == 0 else "not on this setup: BN is slower"
+        verdicts.append(f"{model}: {word}; speedup (epochs to target, none / bn, per seed) {_ci(speedups, '.2f')}")
+    return ". ".join(verdicts) + "."
 
 
 def lr_tolerance(runs: list[RunData]) -> str:
