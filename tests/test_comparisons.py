@@ -71,3 +71,32 @@ def test_versus_none_pairs_seeds_and_says_when_the_interval_includes_no_differen
     assert rows["ln"][6].endswith(", no clear difference")
     record = {r["norm"]: r for r in table.records}["bn"]
     assert record["pairs"] == 3 and abs(record["difference_mean"] - 0.02) < 1e-9
+
+
+def deep_run(norm: str, depth: str, final: float, reached: float | None, gaps: dict[str, float] | None = None) -> RunData:
+    metrics = {"outcome/final_val_acc": final} | ({"outcome/epochs_to_target": reached} if reached else {})
+    metrics |= {f"bn/{layer}/train_eval_gap": gap for layer, gap in (gaps or {}).items()}
+    params = {"norm.kind": norm, "model.depth": depth, "seed": "0", "trainer.max_epochs": "20"}
+    return RunData(f"{norm}{depth}", norm, params, metrics, False, None, final > 0.8, [], [])
+
+
+def test_a_pivot_along_depth_gives_verdict_accuracy_and_epochs_to_target():
+    runs = [deep_run("none", "2", 0.95, 4), deep_run("none", "16", 0.3, None), deep_run("bn", "2", 0.97, 2),
+            deep_run("bn", "16", 0.96, 3)]
+    keys = ["norm.kind", "model.depth"]
+    tables = {t.name: t for t in comparisons.for_sweep(group(runs, keys), keys)}
+    pivot = tables["by_depth"]
+    assert pivot.header == ["depth", "norm=none", "norm=bn"]
+    assert pivot.rows == [["2", "yes (0.950), epoch 4.0", "yes (0.970), epoch 2.0"],
+                          ["16", "no (0.300), target not reached", "yes (0.960), epoch 3.0"]]  # 16 after 2: numeric
+
+
+def test_train_eval_gap_table_lists_each_layer_input_side_first():
+    runs = [deep_run("bn", str(m), 0.9, 3, {"hidden10": 0.5 * m, "hidden2": m}) for m in (0.1, 0.9)]
+    keys = ["model.depth"]  # stands in for norm.momentum: any swept value
+    table = comparisons.train_eval_gap_table(group(runs, keys), keys)
+    assert table.header == ["depth", "final val acc", "gap hidden2", "gap hidden10"]
+    assert table.rows[1] == ["0.9", "0.900", "0.9000", "0.4500"]
+    assert table.records[0]["gap_hidden10_mean"] == 0.05
+    no_bn = [deep_run("none", "2", 0.9, 3)]
+    assert comparisons.train_eval_gap_table(group(no_bn, keys), keys) is None

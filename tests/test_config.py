@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from normexp import config, train
 from normexp.errors import ConfigError
 
-OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": ["mlp", "mlp_deep", "cnn", "cnn_modern"],
+OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": ["mlp", "mlp_deep", "cnn", "cnn_modern", "seq"],
            "norm": ["none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch"], "optim": ["adam", "adamw", "sgd"]}
 
 

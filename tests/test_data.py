@@ -101,3 +101,25 @@ def test_batches_drop_last_and_reshuffle_per_pass_with_a_seed():
 def test_fashion_mnist_is_found_in_debians_folder():
     splits = data.load(dataset_cfg("fashion_mnist", train_size=500), 0)
     assert len(splits.train) == 500 and len(splits.test) == 10000 and splits.num_classes == 10
+
+
+def test_variable_length_pads_each_image_with_nan_rows_seeded():
+    cfg = dataset_cfg("digits", variable_length=True, min_length=3)
+    splits = data.load(cfg, seed=0)
+    for split in (splits.train, splits.val, splits.test):
+        padded_rows = split.x.isnan().all(dim=(1, 3))  # (N, H): a row is padding as a whole
+        assert torch.equal(split.x.isnan().any(dim=(1, 3)), padded_rows)
+        lengths = (~padded_rows).sum(dim=1)  # (N,)
+        # Padding is a suffix: the kept rows come first.
+        assert torch.equal(padded_rows, torch.arange(8) >= lengths[:, None])
+        assert lengths.min() == 3 and lengths.max() == 8
+    again = data.load(cfg, seed=0)
+    assert torch.equal(again.train.x.isnan(), splits.train.x.isnan())  # the same lengths every time
+    kept = ~splits.train.x.isnan()
+    plain = data.load(dataset_cfg("digits"), seed=0)
+    assert torch.equal(splits.train.x[kept], plain.train.x[kept]) and not plain.train.x.isnan().any()
+
+
+def test_min_length_beyond_the_image_is_refused():
+    with pytest.raises(ConfigError, match=r"dataset.min_length=9 must be in 1..8 \(the image height\)"):
+        data.load(dataset_cfg("digits", variable_length=True, min_length=9), 0)

@@ -74,3 +74,63 @@ def test_batchnorm_refuses_a_batch_of_one(compose_cfg):
 def test_cnn_too_deep_for_the_input_is_refused(compose_cfg):
     with pytest.raises(ConfigError, match="pools the 8x8 input down to nothing"):
         build(compose_cfg, "model=cnn", "model.channels=[8,8,8,8]")
+
+
+def weight_matrices(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if name.endswith("weight") and p.ndim > 1}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "seq"])
+def test_init_scale_multiplies_every_weight_matrix_and_nothing_else(compose_cfg, model):
+    built = {}
+    for scale in (1.0, 3.0):
+        torch.manual_seed(0)
+        built[scale] = build(compose_cfg, f"model={model}", "norm=bn", f"model.init_scale={scale}")
+    plain, scaled = built[1.0].state_dict(), built[3.0].state_dict()
+    matrices = weight_matrices(built[1.0])
+    assert len(matrices) >= 3
+    for name, value in plain.items():
+        expected = value * 3 if name in matrices else value  # biases, gammas, betas, running stats, positions
+        assert torch.allclose(scaled[name], expected), name
+
+
+@pytest.mark.parametrize("init, expected_std", [
+    ("kaiming", (2 / 128) ** 0.5),        # He: sqrt(2 / fan_in) for hidden3's 128 inputs
+    ("xavier", (2 / (128 + 64)) ** 0.5),  # Glorot: sqrt(2 / (fan_in + fan_out))
+    ("normal", 0.01),
+])
+def test_each_init_scheme_gives_its_standard_deviation(compose_cfg, init, expected_std):
+    torch.manual_seed(0)
+    weight = build(compose_cfg, f"model.init={init}", "model.init_scale=2.0").hidden3.layer.weight  # (64, 128)
+    assert weight.std().item() == pytest.approx(2 * expected_std, rel=0.05)
+
+
+def test_depth_and_width_build_an_mlp_of_equal_layers(compose_cfg):
+    model = build(compose_cfg, "model.widths=null", "model.depth=5", "model.width=16")
+    blocks = models.hidden_blocks(model)
+    assert list(blocks) == [f"hidden{i}" for i in range(1, 6)]
+    assert [b.layer.out_features for b in blocks.values()] == [16] * 5
+    # The same list given both ways is no contradiction.
+    build(compose_cfg, "model.widths=[16,16]", "model.depth=2", "model.width=16")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.depth=5", "model.width=16"],
+     r"model.widths=\[256, 128, 64, 32\] disagrees with model.depth=5 x model.width=16; add model.widths=null"),
+    (["model.widths=null", "model.depth=5"], "model.depth=5 with model.width=None: give both, each >= 1"),
+    (["model.widths=null"], "model.widths=null and no model.depth / model.width"),
+    (["model.init=he"], "unknown model.init 'he'; expected one of default, kaiming, xavier, normal"),
+    (["model.init_scale=0"], r"model.init_scale=0.0 must be positive \(1.0 leaves the weights as initialized\)"),
+    (["model=seq", "model.heads=3"], r"model.heads=3 does not divide model.width=64; choose one of \[1, 2, 4, 8, 16\]"),
+])
+def test_bad_depth_width_and_init_are_refused_with_the_fix(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build(compose_cfg, *overrides)
+
+
+def test_only_the_sequence_model_takes_variable_length_images(compose_cfg):
+    cfg = compose_cfg("dataset.variable_length=true")
+    with pytest.raises(ConfigError, match="dataset.variable_length=true with model=mlp: only model=seq masks"):
+        models.check_input(cfg.model, cfg.dataset)
+    cfg = compose_cfg("model=seq", "dataset.variable_length=true")
+    models.check_input(cfg.model, cfg.dataset)

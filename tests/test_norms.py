@@ -1,6 +1,8 @@
 """normexp.norms: which layer each norm kind makes, and the refusals that need the widths and batch size."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from normexp import norms, scratch
@@ -46,7 +48,43 @@ def test_settings_reach_the_layer():
     ("bn", {"kind": "bm"}, [8], False, 64, "unknown norm 'bm'; expected one of none, bn, ln, gn, in"),
     ("bn_scratch", {}, [8], False, 1, "dataset.batch_size=1 with norm=bn_scratch"),
     ("in", {}, [8], False, 64, r"norm=in \(InstanceNorm\) needs spatial dims"),
+    ("bn", {"eps": 0}, [8], False, 64, "norm.eps=0.0 with norm=bn: torch's BatchNorm refuses eps=0 in training; "
+                                       "use norm=bn_scratch norm.eps=0"),
+    ("ln", {"eps": -1e-5}, [8], False, 64, "norm.eps=-1e-05 must be >= 0"),
 ])
 def test_check_refuses_what_cannot_work_with_the_fix(kind, overrides, widths, spatial, batch_size, message):
     with pytest.raises(ConfigError, match=message):
         norms.check(norm_cfg(kind, **overrides), widths, spatial, batch_size)
+
+
+def dead_feature_batch() -> torch.Tensor:
+    """(16, 4) features; feature 1 is 0 for every example, like a ReLU unit dead on the whole batch."""
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 1] = 0.0
+    return x
+
+
+def test_eps_zero_is_accepted_where_the_layer_takes_it():
+    for kind in ("bn_scratch", "ln", "gn"):
+        norms.check(norm_cfg(kind, eps=0), [8], False, 64)
+    # torch's own BatchNorm: the reason norm=bn refuses eps=0 up front rather than failing mid-run.
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        F.batch_norm(dead_feature_batch(), None, None, training=True, eps=0.0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+def test_a_dead_feature_with_eps_zero_divides_zero_by_zero_in_training_only(eps):
+    # Its batch variance is 0: the output is (0 - 0) / sqrt(0 + eps): 0 / 0 = NaN for eps=0, else 0.
+    bn = norms.make_norm(norm_cfg("bn_scratch", eps=eps), 4, spatial=False)
+    x = dead_feature_batch()
+    train_out = bn(x)  # (16, 4)
+    live = torch.tensor([0, 2, 3])
+    assert torch.isfinite(train_out[:, live]).all()
+    if eps == 0:
+        assert train_out[:, 1].isnan().all()
+    else:
+        assert torch.equal(train_out[:, 1], torch.zeros(16))
+    # Eval mode divides by the running variance: 0.9 after this one step (momentum 0.1 from 1), finite.
+    assert bn.running_var[1].item() == pytest.approx(0.9)
+    eval_out = bn.eval()(x)
+    assert torch.isfinite(eval_out).all() and torch.equal(eval_out[:, 1], torch.zeros(16))

@@ -78,3 +78,20 @@ def test_log_figure_writes_a_png_to_the_run_and_closes_the_figure(mlflow_client,
     assert not plt.fignum_exists(fig.number)
     with open(mlflow_client.download_artifacts(run_id, "plots/curves.png", str(tmp_path)), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gradient_flow_draws_each_epoch_across_the_blocks():
+    fig = plots.gradient_flow([1, 2, 3], {"hidden1": [0.1, 0.2, 0.3], "hidden2": [1.0, 2.0, 3.0]},
+                              {"hidden1": [1e-3, 1e-3, 1e-3], "hidden2": [2e-3, 2e-3, 2e-3]})
+    norm_ax, ratio_ax = [ax for ax in fig.axes if ax.get_title()]
+    assert len(norm_ax.lines) == len(ratio_ax.lines) == 3  # one line per epoch
+    assert list(norm_ax.lines[2].get_xdata()) == [1, 2] and list(norm_ax.lines[2].get_ydata()) == [0.3, 3.0]
+    assert norm_ax.get_yscale() == "log"
+
+
+def test_gradient_norm_per_layer_has_one_line_per_variant_of_any_depth():
+    fig = plots.gradient_norm_per_layer({"norm=none, depth=2": np.array([1e-3, 1e-1]),
+                                         "norm=bn, depth=4": np.array([0.1, 0.1, 0.2, 0.3])})
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["norm=none, depth=2", "norm=bn, depth=4"]
+    assert list(ax.lines[1].get_xdata()) == [1, 2, 3, 4]

@@ -138,7 +138,12 @@ def test_overlay_figures_plot_the_mean_histories_of_the_seeds(sweep):
     client, parent_id, children, _ = sweep
     answer = report.build_report(client, parent_id)
     try:
-        assert set(answer.figures) == {"curves", "accuracy_vs_lr"}
+        assert set(answer.figures) == {"curves", "accuracy_vs_lr", "gradient_norm_per_layer"}
+        # The last epoch's gradient norm per block, input side first, mean over the seeds.
+        gradients = {line.get_label(): line for line in answer.figures["gradient_norm_per_layer"].axes[0].lines}
+        runs = by_variant(children)["bn", "0.01"]
+        np.testing.assert_allclose(gradients["norm=bn, lr=0.01"].get_ydata(), [
+            np.mean([r.data.metrics[f"grad/hidden{i}/norm"] for r in runs]) for i in range(1, 5)])
         loss_ax, acc_ax = answer.figures["curves"].axes
         for ax, key in ((loss_ax, "train/loss"), (acc_ax, "val/acc")):
             lines = {line.get_label(): line for line in ax.lines}

@@ -4,6 +4,7 @@ stable-learning-rate table of a search. With one seed a cell is the value; with 
 mean ± std over seeds, and the number of seeds is in the table ("seeds" column, "3/3", "n=3")."""
 
 import math
+import re
 
 from normexp.stats import describe, interval, numbers, paired_cell, shown
 from normexp.tables import Table, from_records
@@ -12,6 +13,10 @@ from normexp.variants import RunData, Variant, column, order
 # A sweep over any of these asks what regularizes: show the train-val gap table (the convergence
 # table has the gap of every variant too, for norm comparisons).
 GAP_AXES = ("model.dropout", "dataset.train_size", "dataset.fraction")
+# A sweep over one of these asks how the answer changes along it: a pivot with its values as rows.
+PIVOT_AXES = ("model.init_scale", "model.init", "model.depth", "norm.momentum", "norm.eps", "dataset.variable_length")
+# ... and over one of these, how far BatchNorm's running statistics are from its batch statistics.
+RUNNING_STAT_AXES = ("norm.momentum", "norm.eps", "dataset.batch_size")
 
 
 def verdict(runs: list[RunData], with_acc: bool) -> str:
@@ -186,10 +191,49 @@ def gap_table(variants: list[Variant], keys: list[str]) -> Table:
                   "BN on batch statistics): with dropout the gap can be negative"])
 
 
+def pivot_table(variants: list[Variant], keys: list[str], row_key: str) -> Table:
+    """Rows = the values of `row_key`, columns = the variants over the other keys; cell = converged?
+    (final val acc) and the epoch val accuracy reaches the target."""
+    def cell(runs):
+        reached = _epochs_to_target(runs)
+        return verdict(runs, with_acc=True) + (", target not reached" if reached == "not reached" else f", epoch {reached}")
+
+    header, rows, _ = _pivot(variants, keys, row_key, cell)
+    return Table(f"by_{column(row_key)}", f"By {column(row_key)}: converged? (final val acc), epochs to target",
+                 header, rows, [_summary(v, keys) for v in variants])
+
+
+def metric_layers(runs: list[RunData], family: str, name: str) -> list[str]:
+    """The layers with a `<family>/<layer>/<name>` metric in any run, input side first (hidden2 before hidden10)."""
+    layers = {key.split("/")[1] for r in runs for key in r.metrics
+              if key.startswith(f"{family}/") and key.endswith(f"/{name}")}
+    return sorted(layers, key=lambda layer: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", layer)])
+
+
+def train_eval_gap_table(variants: list[Variant], keys: list[str]) -> Table | None:
+    """BatchNorm's last-epoch bn/<layer>/train_eval_gap per variant and layer (logged by the probes)."""
+    layers = metric_layers([r for v in variants for r in v.runs], "bn", "train_eval_gap")
+    if not layers:
+        return None
+    header = [column(k) for k in keys] + ["final val acc"] + [f"gap {layer}" for layer in layers]
+    rows, records = [], []
+    for v in variants:
+        gaps = {layer: [r.metric(f"bn/{layer}/train_eval_gap") for r in v.runs] for layer in layers}
+        rows.append([v.values[k] for k in keys] + [shown([r.metric("outcome/final_val_acc") for r in v.runs])]
+                    + [shown(gaps[layer], ".4f") for layer in layers])
+        records.append({column(k): v.values[k] for k in keys}
+                       | numbers("final_val_acc", [r.metric("outcome/final_val_acc") for r in v.runs])
+                       | {key: value for layer in layers for key, value in numbers(f"gap_{layer}", gaps[layer]).items()})
+    return Table("bn_train_eval_gap", "BatchNorm: train-mode vs eval-mode output at the last epoch", header, rows,
+                 records, ["gap = mean |BN(x) with batch statistics - BN(x) with running statistics| on the probe "
+                           "batch (bn/<layer>/train_eval_gap): how far the running statistics lag the batch's"])
+
+
 def for_sweep(variants: list[Variant], keys: list[str]) -> list[Table]:
     """The tables that answer what the sweep varies: always the per-variant convergence table; each
     norm against none when the norm varies; the learning-rate and batch-size pivots when those vary;
-    the train-val gap when the training set or dropout varies."""
+    the train-val gap when the training set or dropout varies; a pivot along init scale, depth, BN momentum
+    or eps, variable length; BatchNorm's train-eval gap when its momentum, eps or the batch size varies."""
     params = variants[0].runs[0].params
     tables = [convergence_table(variants, keys, params.get("dataset.target_acc", "target"))]
     if "norm.kind" in keys:
@@ -200,6 +244,9 @@ def for_sweep(variants: list[Variant], keys: list[str]) -> list[Table]:
         tables.append(batch_size_table(variants, keys))
     if any(k in keys for k in GAP_AXES):
         tables.append(gap_table(variants, keys))
+    tables += [pivot_table(variants, keys, k) for k in PIVOT_AXES if k in keys]
+    if any(k in keys for k in RUNNING_STAT_AXES):
+        tables.append(train_eval_gap_table(variants, keys))
     return [t for t in tables if t is not None]
 
 

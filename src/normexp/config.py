@@ -31,6 +31,8 @@ class DatasetConfig:
     max_value: float = MISSING
     converge_acc: float = MISSING
     target_acc: float = MISSING
+    variable_length: bool = MISSING  # cut each image to a random number of rows (model=seq only)
+    min_length: int = MISSING        # the fewest rows an image keeps when variable_length
 
 
 @dataclass
@@ -56,11 +58,23 @@ class ModelConfig:
     name: str = MISSING
     arch: str = MISSING
     dropout: float = MISSING
+    init: str = MISSING             # default, kaiming, xavier, normal (normexp.models.INITS)
+    init_scale: float = MISSING     # multiplies every weight matrix / kernel after init; 1.0 = unchanged
 
 
 @dataclass
 class MLPConfig(ModelConfig):
-    widths: list[int] = MISSING
+    widths: Optional[list[int]] = MISSING
+    depth: Optional[int] = MISSING  # with width: widths = [width] * depth
+    width: Optional[int] = MISSING
+
+
+@dataclass
+class SequenceConfig(ModelConfig):
+    width: int = MISSING            # token width D
+    depth: int = MISSING            # transformer blocks
+    heads: int = MISSING
+    mlp_width: int = MISSING        # hidden width of each block's MLP
 
 
 @dataclass
@@ -216,7 +230,7 @@ _store.store(group="schema", name="train", node=TrainConfig)
 _store.store(group="schema", name="search", node=SearchRunConfig)
 for _group, _schemas in {
     "dataset": {"digits": DigitsConfig, "downloaded": DownloadedConfig, "idx": IdxConfig},
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "cnn_modern": ModernCNNConfig},
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "cnn_modern": ModernCNNConfig, "seq": SequenceConfig},
     "norm": {"none": NormConfig, "bn": BatchNormConfig, "bn_scratch": ScratchBatchNormConfig,
              "ln": AffineNormConfig, "ln_scratch": ScratchLayerNormConfig, "gn": GroupNormConfig,
              "in": AffineNormConfig},

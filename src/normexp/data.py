@@ -1,6 +1,7 @@
 """Data sets as in-memory tensors, and a seeded batch iterator that slices them.
 
 Every split is one float tensor of standardized images (N, C, H, W) and one label tensor (N,).
+With dataset.variable_length, the rows past each image's length are NaN: model=seq's padding.
 Batches are slices of a seeded permutation: no DataLoader, no per-sample Python.
 """
 
@@ -88,6 +89,9 @@ def load(cfg, seed: int) -> DataSplits:
     train = _subset(train, cfg, seed + 2)
     standardize = _standardizer(cfg)
     splits = [Split(standardize(x), torch.as_tensor(y, dtype=torch.int64)) for x, y in (train, val, test)]
+    if cfg.variable_length:
+        for index, split in enumerate(splits):
+            _pad_rows(split.x, cfg.min_length, seed + 3 + index)
     num_classes = int(max(int(s.y.max()) for s in splits)) + 1
     return DataSplits(*splits, num_classes=num_classes)
 
@@ -100,6 +104,20 @@ def _standardizer(cfg):
         return (torch.as_tensor(images, dtype=torch.float32) / cfg.max_value - mean) / std
 
     return standardize
+
+
+def _pad_rows(x: torch.Tensor, min_length: int, seed: int) -> None:
+    """Cut each image (N, C, H, W) in place to a random number of rows, uniform in min_length..H and
+    seeded (an image keeps its length every epoch); the rows after it become NaN, the padding that
+    model=seq masks. NaN rather than a separate mask keeps batches plain (x, y)."""
+    height = x.shape[2]
+    if not 1 <= min_length <= height:
+        raise ConfigError(f"dataset.min_length={min_length} must be in 1..{height} (the image height); "
+                          f"e.g. dataset.min_length={height // 2}")
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_length, height + 1, (len(x),), generator=generator)  # (N,)
+    padded = torch.arange(height) >= lengths[:, None]  # (N, H): True past each image's length
+    x.masked_fill_(padded[:, None, :, None], float("nan"))
 
 
 def _split_off(images, labels, fraction: float, seed: int):

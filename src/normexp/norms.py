@@ -15,6 +15,16 @@ def check(cfg, widths: list[int], spatial: bool, batch_size: int) -> None:
         raise ConfigError(
             f"unknown norm.placement '{cfg.placement}'; expected one of {', '.join(PLACEMENTS)}"
         )
+    eps = cfg.get("eps", 1.0)  # norm=none has no eps
+    if eps < 0:
+        raise ConfigError(f"norm.eps={eps} must be >= 0; e.g. norm.eps=1e-5")
+    if not 0 <= cfg.get("momentum", 0) <= 1:  # PyTorch's convention: the weight of the new batch's statistics
+        raise ConfigError(f"norm.momentum={cfg.momentum} must be in [0, 1]; e.g. norm.momentum=0.1")
+    if eps == 0 and cfg.kind == "bn":
+        # torch.nn.functional.batch_norm raises "eps must be positive during training": a feature that is
+        # constant over the batch has variance 0, and 0 / sqrt(0) is NaN. The hand-written BN shows it.
+        raise ConfigError(f"norm.eps={eps} with norm=bn: torch's BatchNorm refuses eps=0 in training; use "
+                          "norm=bn_scratch norm.eps=0 to see what it does, or norm.eps=1e-5")
     if cfg.kind == "in" and not spatial:
         raise ConfigError(
             "norm=in (InstanceNorm) needs spatial dims (H, W) and the model is an MLP; "

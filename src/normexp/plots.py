@@ -116,6 +116,28 @@ def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: st
     return fig
 
 
+# ---- Gradient flow (normexp.gradients) ---------------------------------------------------------
+
+def gradient_flow(epochs: list[int], norms: dict[str, list[float]], ratios: dict[str, list[float]]) -> Figure:
+    """Gradient norm and update/weight ratio per hidden block (x: 1 = nearest the input), one line per
+    epoch, dark (first) to bright (last); norms[layer] and ratios[layer] hold one value per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    colors = ScalarMappable(Normalize(epochs[0], max(epochs[-1], epochs[0] + 1)), "viridis")
+    position = np.arange(1, len(norms) + 1)
+    for ax, values, title in ((axes[0], norms, "gradient norm ||dL/dW||"),
+                              (axes[1], ratios, "update / weight ||ΔW|| / ||W||")):
+        per_epoch = np.array(list(values.values())).T  # (epochs, layers)
+        for epoch, row in zip(epochs, per_epoch):
+            ax.plot(position, row, marker=".", color=colors.to_rgba(epoch), linewidth=1)
+        ax.set_yscale("log")
+        ax.set(title=title, xlabel="hidden block (1 = nearest the input)")
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(colors, ax=axes, label="epoch")
+    fig.suptitle("gradient flow: mean over each epoch's steps, per layer weight")
+    return fig
+
+
 # ---- Maximum stable learning rate (normexp.search) ---------------------------------------------
 
 STABILITY_STYLE = {"stable": ("tab:green", "o"), "unstable": ("tab:orange", "s"), "diverged": ("tab:red", "x")}
@@ -218,5 +240,20 @@ def accuracy_vs(x_name: str, series: dict[str, tuple[np.ndarray, np.ndarray, np.
     ax.set_xscale("log")
     ax.set(xlabel=x_name, ylabel="final val accuracy", title=f"final val accuracy vs {x_name}")
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def gradient_norm_per_layer(series: dict[str, np.ndarray]) -> Figure:
+    """The last epoch's gradient norm per hidden block (x: 1 = nearest the input; mean over seeds), one
+    line per variant; series[label] is (layers,), so variants of different depths share the axes."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    for index, (label, norms) in enumerate(series.items()):
+        ax.plot(np.arange(1, len(norms) + 1), norms, marker=".", label=label, **_variant_style(index))
+    ax.set_yscale("log")
+    ax.set(xlabel="hidden block (1 = nearest the input)", ylabel="||dL/dW||, last epoch",
+           title="gradient norm per layer at the end of training")
+    ax.grid(alpha=0.3, which="both")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     return fig

@@ -16,6 +16,7 @@ Activation statistics come from one eval-mode forward pass of a fixed probe batc
 no random numbers drawn, so probing never changes training.
 Artifacts: probes/param_counts.{md,csv}, probes/norm_params.{md,csv}, probes/histograms.npz (normexp.histograms),
 plots/gamma_beta.png, plots/activation_evolution.png, plots/before_after_norm.png.
+Gradient flow (grad/<layer>/norm, ratio; plots/gradient_flow.png) is normexp.gradients, registered here too.
 """
 
 import copy
@@ -27,6 +28,7 @@ from torch import nn
 
 from normexp import histograms, plots, tables
 from normexp.errors import ConfigError
+from normexp.gradients import GradientFlow
 from normexp.histograms import HistogramSeries
 from normexp.models import hidden_blocks, norm_layers, parameter_counts
 from normexp.tracking import MetricBuffer
@@ -244,4 +246,5 @@ def make_callbacks(cfg, val) -> list[pl.Callback]:
         if cfg[key] < 1:
             raise ConfigError(f"probes.{key}={cfg[key]} must be >= 1; e.g. probes.{key}=10")
     probe_x = val.x[: cfg.probe_batch_size]  # (N, C, H, W): the same examples every epoch
-    return [ParameterTable(), NormProbe(cfg.undo_gamma_tol, cfg.undo_beta_tol), ActivationProbe(probe_x, cfg.histogram_bins)]
+    return [ParameterTable(), NormProbe(cfg.undo_gamma_tol, cfg.undo_beta_tol), ActivationProbe(probe_x, cfg.histogram_bins),
+            GradientFlow(MetricBuffer(WRITE_EVERY_S))]

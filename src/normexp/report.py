@@ -133,15 +133,31 @@ def _accuracy_series(grouped: list[Variant], keys: list[str], x_key: str) -> dic
     return {label: tuple(np.array(values) for values in zip(*points)) for label, points in series.items()}
 
 
+def _gradient_series(grouped: list[Variant], keys: list[str]) -> dict[str, np.ndarray]:
+    """{variant label: its last-epoch grad/<layer>/norm per hidden block (mean over seeds), input side first};
+    empty when the runs logged no gradient flow (probes off)."""
+    series = {}
+    for v in grouped:
+        layers = comparisons.metric_layers(v.runs, "grad", "norm")
+        if layers:
+            series[v.label(keys)] = np.array([describe(r.metric(f"grad/{layer}/norm") for r in v.runs)[0]
+                                              for layer in layers])
+    return series
+
+
 def figures(grouped: list[Variant], keys: list[str], target_acc: float | None) -> dict[str, Figure]:
     loss = {v.label(keys): mean_curve([r.train_loss for r in v.runs]) for v in grouped}
     acc = {v.label(keys): mean_curve([r.val_acc for r in v.runs]) for v in grouped}
     reached = {v.label(keys): describe(r.metrics.get("outcome/epochs_to_target") for r in v.runs)[0] for v in grouped}
     result = {"curves": plots.overlay_curves(loss, acc, reached, target_acc)}
-    for x_key, name in (("optim.lr", "learning rate"), ("dataset.batch_size", "batch size")):
+    for x_key, name in (("optim.lr", "learning rate"), ("dataset.batch_size", "batch size"),
+                        ("model.init_scale", "init scale"), ("model.depth", "depth"), ("norm.momentum", "BN momentum")):
         if x_key in keys:
             result[f"accuracy_vs_{variants.column(x_key)}"] = plots.accuracy_vs(
                 name, _accuracy_series(grouped, keys, x_key))
+    gradients = _gradient_series(grouped, keys)
+    if gradients:  # e.g. none vs bn at each depth: where the gradient vanishes
+        result["gradient_norm_per_layer"] = plots.gradient_norm_per_layer(gradients)
     return result
 
 

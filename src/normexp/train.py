@@ -49,6 +49,7 @@ def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
     """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
     config.refuse_added_keys(cfg)
     check_optim(cfg.optim)
+    models.check_input(cfg.model, cfg.dataset)
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
     return splits, model

@@ -10,6 +10,8 @@ PLACEMENTS = ("pre", "post")
 # Config params that name a variant, with their column names, in display order.
 AXES = {"norm.kind": "norm", "norm.placement": "placement", "model.name": "model", "optim.name": "optim",
         "optim.lr": "lr", "dataset.batch_size": "batch_size", "model.dropout": "dropout",
+        "model.init": "init", "model.init_scale": "init_scale", "model.depth": "depth", "model.width": "width",
+        "norm.momentum": "momentum", "norm.eps": "eps", "dataset.variable_length": "variable_length",
         "dataset.train_size": "train_size", "dataset.fraction": "fraction", "dataset.name": "dataset"}
 # Params that never tell variants apart: the seed (variants are compared across seeds), where a run
 # is logged, the parameter counts (they follow from the model and norm).
@@ -66,14 +68,17 @@ def variant_keys(runs: list[RunData]) -> list[str]:
     """The config params that vary across `runs` (seed aside): the columns that name a variant."""
     keys = sorted({k for r in runs for k in r.params if not k.startswith(NOT_VARIANT)})
     varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
-    axes = [k for k in AXES if k in varying]
 
-    def follows_from_axes(key: str) -> bool:  # norm.eps exists only for norm.kind != none: no news
+    def follows_from(chosen: list[str], key: str) -> bool:  # norm.eps exists only for norm.kind != none: no news
         seen = {}
-        return all(seen.setdefault(tuple(r.params.get(a) for a in axes), r.params.get(key)) == r.params.get(key)
+        return all(seen.setdefault(tuple(r.params.get(a) for a in chosen), r.params.get(key)) == r.params.get(key)
                    for r in runs)
 
-    return axes + [k for k in varying if k not in axes and not follows_from_axes(k)]
+    chosen = []  # the AXES first, in display order, then any other param that varies on its own
+    for key in [k for k in AXES if k in varying] + [k for k in varying if k not in AXES]:
+        if not follows_from(chosen, key):
+            chosen.append(key)
+    return chosen
 
 
 def group(runs: list[RunData], keys: list[str]) -> list[Variant]:
@@ -87,6 +92,7 @@ def group(runs: list[RunData], keys: list[str]) -> list[Variant]:
 def common_settings(runs: list[RunData], keys: list[str]) -> str:
     """The settings every run shares, e.g. 'dataset=digits, model=mlp, ...; seeds: 0, 1'."""
     shown = [*AXES, "trainer.max_epochs", "dataset.target_acc", "dataset.converge_acc"]
-    common = [f"{column(k)}={runs[0].params[k]}" for k in shown if k not in keys and k in runs[0].params]
+    common = [f"{column(k)}={runs[0].params[k]}" for k in shown
+              if k not in keys and k in runs[0].params and len({r.params.get(k) for r in runs}) == 1]
     seeds = sorted({r.params.get("seed", "?") for r in runs}, key=lambda s: order("seed", s))
     return "Same in every run: " + ", ".join(common) + f"; seeds: {', '.join(seeds)}"
