@@ -32,7 +32,7 @@ class DivergenceGuard(pl.Callback):
         self._above: list[tuple[int, float]] = []  # (step, loss) of the current streak above the threshold
 
     def on_fit_start(self, trainer, pl_module):
-        self._running_stats = [b for name, b in pl_module.named_buffers() if "running_" in name]
+        self._running_stats = [b.view(-1) for name, b in pl_module.named_buffers() if "running_" in name]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss, step = float(outputs["loss"]), trainer.global_step
@@ -40,7 +40,7 @@ class DivergenceGuard(pl.Callback):
             self._reference = loss
         if not math.isfinite(loss):
             self._stop(trainer, step, f"loss {loss}")
-        elif self._running_stats and not all(torch.isfinite(b).all() for b in self._running_stats):
+        elif self._running_stats and not torch.isfinite(torch.cat(self._running_stats)).all():  # one check, not one per layer
             self._stop(trainer, step, "non-finite BN running statistics")
         elif loss > self.factor * self._reference:
             self._above.append((step, loss))
