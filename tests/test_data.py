@@ -72,6 +72,43 @@ def test_local_idx_folder_plain_and_gzipped(idx_folder):
     assert any(torch.allclose(splits.train.x[0], img) for img in expected)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"is truncated or damaged: its header says shape \(60, 28, 28\) \(47040 bytes of data\) but it holds 47000"),
+    ("extra", r"its header says shape \(60, 28, 28\) \(47040 bytes of data\) but it holds 47041"),
+    ("gzip", r"t10k-images-idx3-ubyte.gz cannot be read \(EOFError"),
+    ("header", r"is not an IDX file of unsigned bytes \(header 0000\)"),
+])
+def test_a_damaged_idx_file_is_refused_naming_it(idx_folder, damage, message):
+    plain, packed = idx_folder / "train-images-idx3-ubyte", idx_folder / "t10k-images-idx3-ubyte.gz"
+    raw = plain.read_bytes()
+    if damage == "truncate":
+        plain.write_bytes(raw[:-40])       # a download cut short
+    elif damage == "extra":
+        plain.write_bytes(raw + b"\0")
+    elif damage == "gzip":
+        packed.write_bytes(packed.read_bytes()[:-100])
+    else:
+        plain.write_bytes(raw[:2])
+    with pytest.raises(ConfigError, match=message + ".*download it again"):
+        data.load(dataset_cfg("mnist", root=str(idx_folder)), 0)
+
+
+def test_images_and_labels_of_different_lengths_are_refused(idx_folder):
+    write_idx(idx_folder / "train-labels-idx1-ubyte", np.arange(59) % 10, gz=False)
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte holds 60 images but train-labels-idx1-ubyte 59"):
+        data.load(dataset_cfg("mnist", root=str(idx_folder)), 0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"val_fraction": 1.5}, r"dataset.val_fraction=1.5 must be in \(0, 1\)"),
+    ({"test_fraction": 0.0}, r"dataset.test_fraction=0.0 must be in \(0, 1\)"),
+    ({"val_fraction": 1e-4}, "the val split of digits is empty"),
+])
+def test_fractions_out_of_range_or_leaving_a_split_empty_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        data.load(dataset_cfg("digits", **overrides), 0)
+
+
 def test_missing_files_name_the_dataset_the_folder_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=f"dataset.root={tmp_path} does not hold the mnist IDX files"):
         data.load(dataset_cfg("mnist", root=str(tmp_path)), 0)

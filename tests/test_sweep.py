@@ -1,10 +1,15 @@
 """normexp.sweep: Hydra multiruns of `python -m normexp.train` as MLflow parent and child runs, in the
-session's temporary store; a failed job, Ctrl-C."""
+session's temporary store; a failed job, SIGINT and SIGTERM, with Hydra's basic (serial) launcher and
+with its joblib launcher (jobs in worker processes)."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+
+import optuna
+import pytest
 
 from normexp import sweep
 
@@ -51,26 +56,92 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
     assert list(statuses.values()).count("FAILED") == 1  # the parent
 
 
-def test_ctrl_c_in_a_sweep_leaves_no_run_running(tmp_path, tracking_uri, experiment_runs, experiment_name):
+def start(module: str, *args: str, cwd) -> subprocess.Popen:
     # A process started in the background by a non-interactive shell ignores SIGINT, and so would
-    # this child: restore the default handler, or Python never raises KeyboardInterrupt.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "normexp.train", "-m", "norm=bn,none", "trainer.max_epochs=500",
-         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-         f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # this child: restore the default handler, or Python never raises KeyboardInterrupt. Its own
+    # session: a SIGINT to its process group is what a terminal's Ctrl-C sends (joblib's workers too).
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_until(process, condition, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+
+
+def stop(process, signum, within_s: float = 60) -> int:
+    """Send `signum` (a negative one: to the process group, as a terminal does); the exit status."""
+    start_s = time.monotonic()
     try:
-        deadline = time.monotonic() + 120
-        while len(experiment_runs()) < 2:  # the parent and the first job's run: training has begun
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        time.sleep(2)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) != 0
+        if signum < 0:
+            os.killpg(process.pid, -signum)
+        else:
+            process.send_signal(signum)
+        status = process.wait(timeout=within_s)
     finally:
         process.kill()
+    assert time.monotonic() - start_s < within_s
+    return status
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_in_a_sweep_leaves_no_run_running(tmp_path, tracking_uri, experiment_runs, experiment_name,
+                                                            signum):
+    process = start("normexp.train", "-m", "norm=bn,none", "trainer.max_epochs=500", f"tracking.uri={tracking_uri}",
+                    f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    wait_until(process, lambda: len(experiment_runs()) == 2)  # the parent and the first job's run: training began
+    time.sleep(1)
+    assert stop(process, signum) != 0
     statuses = sorted(r.info.status for r in experiment_runs())
     assert statuses == ["KILLED", "KILLED"]  # the parent and the interrupted job; the second never started
+
+
+def test_a_joblib_sweep_names_its_failed_job_and_ends_killed_on_sigterm(tmp_path, tracking_uri, mlflow_client,
+                                                                       experiment_runs, experiment_name):
+    # Two jobs in two worker processes: one fails inside its run (no TPU here), the other trains until
+    # SIGTERM reaches the launching process only (as from `kill` or a scheduler).
+    process = start("normexp.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "trainer.accelerator=cpu,tpu", "trainer.max_epochs=500", f"tracking.uri={tracking_uri}",
+                    f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+
+    def ready():
+        runs = {r.data.params.get("trainer.accelerator"): r for r in experiment_runs()}
+        return (runs.get("tpu") is not None and runs["tpu"].info.status == "FAILED" and runs.get("cpu") is not None
+                and mlflow_client.get_metric_history(runs["cpu"].info.run_id, "val/acc")
+                and "failed_job" in runs[None].data.tags)
+
+    wait_until(process, ready)
+    assert stop(process, signal.SIGTERM) == 128 + signal.SIGTERM
+    runs = {r.data.params.get("trainer.accelerator"): r for r in experiment_runs()}
+    assert runs["tpu"].data.tags["error"].startswith("ModuleNotFoundError")  # the failed job's run: FAILED, recorded
+    assert runs["cpu"].info.status == "KILLED"
+    parent = runs[None]
+    assert parent.info.status == "KILLED" and parent.data.tags["failed_job"].startswith("trainer.accelerator=tpu")
+
+
+def test_ctrl_c_in_a_joblib_search_sweep_fails_the_trials_and_kills_the_runs(tmp_path, tracking_uri, mlflow_client,
+                                                                            experiment_runs, experiment_name):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    process = start("normexp.search", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
+                    "search.epochs=500", "search.seeds=1", "search.lr_max=0.1", "search.lr_min=0.01",
+                    "trainer.progress_bar=false", f"search.storage={storage}",
+                    f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                    f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    # The first trial of each study (lr 0.1) trains for 500 epochs: interrupted in both workers.
+    wait_until(process, lambda: sum(r.info.status == "RUNNING" and "trial" in r.info.run_name
+                                    for r in experiment_runs()) == 2)
+    time.sleep(1)
+    assert stop(process, -signal.SIGINT) != 0
+    runs = experiment_runs()
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert sorted(r.info.status for r in runs if "trial" not in r.info.run_name) == ["KILLED"] * 3  # sweep, 2 studies
+    for summary in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        assert [t.state.name for t in trials] == ["FAIL"]
 
 
 def test_the_search_callback_works_in_a_single_run_too(tmp_path, tracking_uri, experiment_name):

@@ -1,3 +1,7 @@
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from normexp import tracking, train
+from normexp.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +97,74 @@ def test_a_new_experiment_is_marked_model_training_and_carries_its_description(t
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.note.content"] == "How much faster does BN converge?"
+
+
+def test_a_live_run_renews_its_lease_and_is_never_reaped(compose_cfg, mlflow_client, tmp_path):
+    cfg = compose_cfg("tracking.heartbeat_s=0.1", "tracking.lease_s=0.6")
+    client, run_id = tracking.start_sweep_run(cfg.tracking, tmp_path, "")
+    time.sleep(1.5)  # more than twice its lease: only the renewals keep it
+    assert tracking.reap_expired(client) == [] and mlflow_client.get_run(run_id).info.status == "RUNNING"
+    assert float(mlflow_client.get_run(run_id).data.tags[tracking.LEASE_TAG]) > time.time()
+    tracking.end_run(client, run_id, "FINISHED")
+    time.sleep(1)  # the lease has run out, but the run has ended
+    assert tracking.reap_expired(client) == [] and mlflow_client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_sigkilled_training_run_is_ended_killed_by_the_next_command(compose_cfg, tmp_path, tracking_uri,
+                                                                     experiment_name, mlflow_client, experiment_runs):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "normexp.train", "trainer.max_epochs=500", "tracking.heartbeat_s=0.5",
+         "tracking.lease_s=3", f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+         f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (runs := experiment_runs()) or not mlflow_client.get_metric_history(runs[0].info.run_id, "val/acc"):
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, the run is left RUNNING
+        process.wait()
+    (killed,) = experiment_runs()
+    assert killed.info.status == "RUNNING"
+    assert tracking.reap_expired(mlflow_client) == []  # its lease is still valid: it could be a live run
+    time.sleep(3)
+    outcome = train.run(compose_cfg("trainer.max_epochs=1"))  # the next command on the store
+    killed = mlflow_client.get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags["killed_reason"].startswith("lease expired at ")
+    assert mlflow_client.get_run(outcome.run_id).info.status == "FINISHED"
+
+
+def test_check_refuses_an_unusable_store_within_seconds(tmp_path):
+    def cfg(**values):
+        return OmegaConf.create({"uri": None, "artifact_root": None, "experiment": "x", "heartbeat_s": 10,
+                                 "lease_s": 60} | values)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=f"tracking.uri=http://127.0.0.1:{port} does not answer"):
+        tracking.check(cfg(uri=f"http://127.0.0.1:{port}"))
+    assert time.monotonic() - start < tracking.SERVER_TIMEOUT_S + 5
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot write to .*file/x \(Not a directory\)"):
+        tracking.check(cfg(uri=f"sqlite:///{tmp_path}/file/x/mlflow.db"))
+    with pytest.raises(ConfigError, match=r"tracking.artifact_root=/proc/normexp: cannot write to /proc/normexp"):
+        tracking.check(cfg(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root="/proc/normexp"))
+    with pytest.raises(ConfigError, match="need 0 < heartbeat_s < lease_s"):
+        tracking.check(cfg(heartbeat_s=10, lease_s=5))
+    tracking.check(cfg(uri=f"sqlite:///{tmp_path}/new/folder/mlflow.db"))  # a new folder is made
+    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
+
+
+def test_a_metric_buffer_round_trips_through_its_state(mlflow_client, experiment_name):
+    buffer = tracking.MetricBuffer(every_s=3600)
+    buffer.add({"act/hidden1/pre_mean": 0.25, "bn/hidden1/gamma_mean": 1.5}, step=3)
+    restored = tracking.MetricBuffer(every_s=3600)
+    restored.load_state_dict(buffer.state_dict())
+    assert restored.items == buffer.items
+    run_id = new_run(mlflow_client, experiment_name)
+    buffer.write(mlflow_client, run_id, force=True)
+    restored.write(mlflow_client, run_id, force=True)  # after a resume: the same metrics once more
+    assert [(m.value, m.step) for m in mlflow_client.get_metric_history(run_id, "act/hidden1/pre_mean")] == [(0.25, 3)]

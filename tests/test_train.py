@@ -1,12 +1,13 @@
 import itertools
 import subprocess
 import sys
+import time
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from normexp import train
+from normexp import checkpoints, histograms, train
 from normexp.errors import ConfigError
 
 MODELS = ("mlp", "mlp_deep", "cnn", "cnn_modern")
@@ -151,3 +152,45 @@ def test_epochs_to_target_needs_the_accuracy_to_stay_above_it():
     assert train.epochs_to_target([0.90, 0.96, 0.94, 0.96, 0.97, 0.96], 0.95) == 4  # epoch 2 was one lucky epoch
     assert train.epochs_to_target([0.90, 0.94, 0.96, 0.97], 0.95) == 3  # held until training ended
     assert train.epochs_to_target([0.96, 0.90], 0.95) is None
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_identical_metrics(compose_cfg, tmp_path, tracking_uri,
+                                                                         experiment_name, mlflow_client, experiment_runs):
+    # 64 batches of 8 make an epoch last long enough (~0.3 s) to kill the run between two of them; dropout
+    # draws from the global RNG, which the checkpoint carries too.
+    same = ["trainer.max_epochs=4", "dataset.batch_size=8", "dataset.train_size=512", "model.dropout=0.2",
+            "tracking.heartbeat_s=0.5", "tracking.lease_s=1.5", "trainer.progress_bar=false"]
+    process = subprocess.Popen([sys.executable, "-m", "normexp.train", *same, f"tracking.uri={tracking_uri}",
+                                f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (runs := experiment_runs()) or len(mlflow_client.get_metric_history(runs[0].info.run_id, "val/acc")) < 2:
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.kill()  # SIGKILL after epoch 2 of 4
+    finally:
+        process.kill()
+        process.wait()
+    time.sleep(1.5)  # its lease runs out
+
+    resumed = train.run(compose_cfg(*same, "trainer.resume=true"))
+    (run,) = experiment_runs()  # the same run, continued
+    assert resumed.run_id == run.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resumed_from_epoch"] in ("1", "2", "3") and "killed_reason" not in run.data.tags
+    assert not checkpoints.path(compose_cfg().tracking, run.info.run_id).parent.exists()  # FINISHED: removed
+    whole = train.run(compose_cfg(*same, f"tracking.experiment={experiment_name}-uninterrupted"))
+
+    def per_epoch(run_id: str) -> dict[str, dict[int, float]]:
+        keys = [k for k in mlflow_client.get_run(run_id).data.metrics if not k.startswith(("time/", "inference/"))
+                and k != "outcome/epoch_s"]
+        # A step of the epoch the kill interrupted may be logged twice, with the same value.
+        return {k: {m.step: m.value for m in mlflow_client.get_metric_history(run_id, k)} for k in keys}
+
+    expected = per_epoch(whole.run_id)
+    assert {"val/acc", "train/loss", "act/hidden1/pre_mean", "bn/hidden1/gamma_mean", "grad/hidden1/ratio"} <= set(expected)
+    assert list(expected["val/acc"]) == [1, 2, 3, 4]
+    assert per_epoch(resumed.run_id) == expected
+    assert resumed.val_acc_curve == whole.val_acc_curve and resumed.test_acc == whole.test_acc
+    assert histograms.load(mlflow_client, resumed.run_id)["hidden1"]["pre"].epochs.tolist() == [1, 2, 3, 4]

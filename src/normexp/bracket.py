@@ -5,8 +5,10 @@ the boundary is bracketed rather than sampled: walk a coarse log grid down from 
 `grid_factor`) to the first stable rate, then bisect the bracket (max stable, min unstable above it)
 in log space until its ratio is <= `resolution`. That costs about log2(grid points) trials where a
 log grid of the same resolution costs every point. After the bisection, `refine_trials` more rates
-come from Optuna's TPE sampler. The next rate depends only on the finished trials, so a search
-resumes from its storage.
+come from Optuna's TPE sampler. The next rate depends only on the finished trials and the ones being
+trained now, so a search resumes from its storage and parallel workers share it: k workers keep k
+rates inside the bracket at a time, cutting it into k + 1 equal parts in log space (`split`), and no
+rate is trained twice.
 """
 
 import math
@@ -37,13 +39,30 @@ def coarse_grid(s) -> list[float]:
     return grid if math.isclose(grid[-1], s.lr_min) else grid + [s.lr_min]
 
 
-def plan(cfg, trials: list) -> tuple[str | None, float | None]:
-    """(phase, lr) of the next trial: ('grid' | 'bisect', lr), ('refine', None) for TPE, or (None, None): done."""
+def split(low: float, high: float, running: list[float], workers: int, resolution: float) -> float | None:
+    """The next rate to try inside the bracket (low, high): cut it in log space into k + 1 equal parts,
+    k = the rates being tried in it plus this one (at least `workers`), but no finer than `resolution`
+    needs; of the cuts, the one farthest from the ends and the running rates. None when every part
+    that needs a rate has one. One worker, nothing running: the bisection's midpoint."""
+    inside = [lr for lr in running if low < lr < high]
+    span = math.log(high / low)
+    parts = min(max(workers, len(inside) + 1) + 1, math.ceil(span / math.log(resolution) - 1e-9))
+    if parts - 1 <= len(inside):
+        return None
+    cuts = [low * math.exp(span * i / parts) for i in range(1, parts)]
+    return max(cuts, key=lambda cut: min(abs(math.log(cut / lr)) for lr in [low, high, *inside]))
+
+
+def plan(cfg, trials: list, running: list[tuple[float, str]] = (), workers: int = 1) -> tuple[str | None, float | None]:
+    """(phase, lr) of the next trial to start: ('grid' | 'bisect', lr), ('refine', None) for TPE, or
+    (None, None): nothing to start now (done, when nothing is running). `running`: (lr, phase) of the
+    trials being trained now, whose rates are never proposed again; `workers`: how many share the study."""
     points = [(t.params["lr"], t.user_attrs["stable"]) for t in trials]
+    busy = [lr for lr, _ in running]
     b = bracket(points)
 
     def new(lr):
-        return not any(math.isclose(lr, tried, rel_tol=1e-9) for tried, _ in points)
+        return not any(math.isclose(lr, seen, rel_tol=1e-9) for seen in [tried for tried, _ in points] + busy)
 
     grid = coarse_grid(cfg.search)
     if b.max_stable_lr is None:  # walk down until a rate is stable
@@ -51,10 +70,13 @@ def plan(cfg, trials: list) -> tuple[str | None, float | None]:
     elif b.min_unstable_lr is None:  # stable so far only: go up (a resumed or refined study)
         lr = next((lr for lr in reversed(grid) if lr > b.max_stable_lr and new(lr)), None)
     elif b.min_unstable_lr / b.max_stable_lr > cfg.search.resolution * (1 + 1e-9):  # not float noise
-        return "bisect", math.sqrt(b.max_stable_lr * b.min_unstable_lr)
+        lr = split(b.max_stable_lr, b.min_unstable_lr, busy, workers, cfg.search.resolution)
+        return ("bisect", lr) if lr is not None else (None, None)
     else:
         lr = None
     if lr is not None:
         return "grid", lr
-    refined = sum(t.user_attrs.get("phase") == "refine" for t in trials)
+    if any(phase != "refine" for _, phase in running):  # their verdicts may move the bracket first
+        return None, None
+    refined = sum(t.user_attrs.get("phase") == "refine" for t in trials) + [p for _, p in running].count("refine")
     return ("refine", None) if refined < cfg.search.refine_trials else (None, None)

@@ -55,6 +55,13 @@ class DivergenceGuard(pl.Callback):
         self.diverged_at_step, self.reason = step, reason
         trainer.should_stop = True
 
+    # A resumed run (normexp.checkpoints) keeps the first step's loss and a streak that spans epochs.
+    def state_dict(self) -> dict:
+        return {"reference": self._reference, "above": self._above}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._reference, self._above = state["reference"], [tuple(x) for x in state["above"]]
+
 
 class EpochHistory(pl.Callback):
     """Records each epoch's logged metrics and wall time (validation included); logs `time/epoch_s`."""
@@ -71,6 +78,12 @@ class EpochHistory(pl.Callback):
         # Validation runs inside the training epoch, so its metrics are already here.
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("train", "val")}
         self.epochs.append(metrics | {"time/epoch_s": seconds})
+
+    def state_dict(self) -> dict:  # a resumed run's outcome covers its earlier epochs too
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = state["epochs"]
 
     def curve(self, key: str) -> list[float]:
         return [epoch.get(key, math.nan) for epoch in self.epochs]

@@ -151,6 +151,7 @@ class TrainerConfig:
     accelerator: str = MISSING
     deterministic: Any = MISSING    # true, false or "warn" (Lightning's values)
     progress_bar: Optional[bool] = MISSING
+    resume: bool = MISSING          # continue the newest KILLED run of this config from its checkpoint
 
 
 @dataclass
@@ -160,6 +161,8 @@ class TrackingConfig:
     experiment: str = MISSING
     description: Optional[str] = MISSING
     run_name: Optional[str] = MISSING
+    heartbeat_s: float = MISSING    # a RUNNING run's process renews its lease this often
+    lease_s: float = MISSING        # a lease not renewed for this long: the run's process is gone (KILLED)
 
 
 @dataclass
@@ -174,6 +177,7 @@ class SearchConfig:
     pruner: Any = MISSING           # an optuna.pruners class and its arguments (_target_, ...)
     storage: Optional[str] = MISSING
     study_name: Optional[str] = MISSING
+    workers: int = MISSING          # worker processes on this machine, each training its own rate (normexp.workers)
 
 
 # ---- the whole config ---------------------------------------------------------------------------

@@ -78,6 +78,9 @@ def load(cfg, seed: int) -> DataSplits:
     """Load `cfg.name` as standardized tensors split into train / val / test (seeded)."""
     if cfg.name not in DATASETS:
         raise ConfigError(f"unknown dataset '{cfg.name}'; expected one of {', '.join(DATASETS)}")
+    for key in ("val_fraction", "test_fraction"):
+        if key in cfg and not 0 < cfg[key] < 1:
+            raise ConfigError(f"dataset.{key}={cfg[key]} must be in (0, 1); e.g. dataset.{key}=0.15")
     if cfg.name == "digits":
         images, labels = _digits()
         pool, test = _split_off(images, labels, cfg.test_fraction, seed)
@@ -89,6 +92,10 @@ def load(cfg, seed: int) -> DataSplits:
     train = _subset(train, cfg, seed + 2)
     standardize = _standardizer(cfg)
     splits = [Split(standardize(x), torch.as_tensor(y, dtype=torch.int64)) for x, y in (train, val, test)]
+    for name, split in zip(("train", "val", "test"), splits):
+        if not len(split):
+            raise ConfigError(f"the {name} split of {cfg.name} is empty; raise dataset.val_fraction (or "
+                              "test_fraction, fraction, train_size) so that every split keeps some images")
     if cfg.variable_length:
         for index, split in enumerate(splits):
             _pad_rows(split.x, cfg.min_length, seed + 3 + index)
@@ -161,15 +168,24 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzipped): big-endian header, then uint8 data."""
+    """Parse one IDX file (optionally gzipped): big-endian header, then uint8 data; a truncated or
+    damaged file is refused (a download cut short)."""
+    fix = "download it again, or point dataset.root at a folder of intact files"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
-    if zero != 0 or dtype_code != 0x08:
-        raise ConfigError(f"{path} is not an IDX file of unsigned bytes (header {raw[:4].hex()})")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:  # gzip's refusals of a damaged or truncated archive
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {error}); {fix}") from None
+    if len(raw) < 4 or raw[0] * 256 + raw[1] != 0 or raw[2] != 0x08:
+        raise ConfigError(f"{path} is not an IDX file of unsigned bytes (header {raw[:4].hex()}); {fix}")
+    ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+    header, size = 4 + 4 * ndim, int(np.prod(shape))
+    if len(raw) != header + size:
+        raise ConfigError(f"{path} is truncated or damaged: its header says shape {shape} ({size} bytes of data) "
+                          f"but it holds {len(raw) - header}; {fix}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _read_idx_folder(folder: Path):
@@ -177,8 +193,11 @@ def _read_idx_folder(folder: Path):
     splits = []
     for images_stem, labels_stem in IDX_FILES.values():
         images, labels = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
-        images = read_idx(images)[:, None]  # (N, 1, 28, 28)
-        splits.append((images, read_idx(labels).astype(np.int64)))
+        images, labels = read_idx(images)[:, None], read_idx(labels).astype(np.int64)  # (N, 1, 28, 28), (N,)
+        if len(images) != len(labels):
+            raise ConfigError(f"{folder}: {images_stem} holds {len(images)} images but {labels_stem} {len(labels)} "
+                              "labels; download them again, or point dataset.root at a folder of intact files")
+        splits.append((images, labels))
     return tuple(splits)
 
 
@@ -213,10 +232,11 @@ def _torchvision_dataset(cfg):
     except (OSError, RuntimeError) as error:  # offline: urllib's URLError is an OSError
         local = KNOWN_LOCAL_ROOTS.get(cfg.name)
         looked = f"{folder}" + (f" and {local}" if local else "")
+        other = ("pass dataset.root=<folder with the raw IDX files>" if "root" in cfg else  # cifar10 has no root
+                 f"copy torchvision's extracted folder (cifar-10-batches-py) into dataset.download_dir={folder}")
         raise ConfigError(
             f"dataset '{cfg.name}' is not available offline: looked in {looked} and the download failed "
-            f"({type(error).__name__}). Download it once while online, or pass dataset.root=<folder with "
-            "the raw files>"
+            f"({type(error).__name__}). Download it once while online, or {other}"
         ) from None
     return tuple((_channels_first(d.data), np.asarray(d.targets, dtype=np.int64)) for d in (train, test))
 

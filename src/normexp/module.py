@@ -17,6 +17,10 @@ def check_optim(cfg) -> None:
         raise ConfigError(f"optim.lr={cfg.lr} must be positive; e.g. optim.lr=0.001")
     if cfg.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay={cfg.weight_decay} must be >= 0")
+    if cfg.get("momentum", 0) < 0:
+        raise ConfigError(f"optim.momentum={cfg.momentum} must be >= 0; e.g. optim.momentum=0.9")
+    if not all(0 <= beta < 1 for beta in cfg.get("betas", [])):
+        raise ConfigError(f"optim.betas={list(cfg.betas)} must each be in [0, 1); e.g. optim.betas=[0.9,0.999]")
 
 
 class Classifier(pl.LightningModule):
@@ -33,7 +37,7 @@ class Classifier(pl.LightningModule):
     # (loss x examples, correct predictions, examples), so the means weigh every example equally.
     def _accumulate(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self(x)  # (N, num_classes)
         loss = F.cross_entropy(logits, y)
         sums = self._sums.setdefault(stage, torch.zeros(3, device=loss.device))
         sums += torch.stack([loss.detach() * len(y), (logits.argmax(dim=1) == y).sum(), loss.new_tensor(len(y))])

@@ -117,6 +117,12 @@ class NormProbe(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         _write(self.metrics, trainer, force=True)
 
+    def state_dict(self) -> dict:  # carried by a checkpoint (normexp.checkpoints)
+        return {"metrics": self.metrics.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics.load_state_dict(state["metrics"])
+
     def on_fit_end(self, trainer, pl_module):
         _write(self.metrics, trainer, force=True)
         layers = norm_layers(pl_module.model)
@@ -218,6 +224,19 @@ class ActivationProbe(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         _write(self.metrics, trainer, force=True)
+
+    # A checkpoint (normexp.checkpoints) carries the epochs so far: per (layer, what) the stacked edges
+    # and counts, two tensors (which load with weights_only) however many epochs.
+    def state_dict(self) -> dict:
+        return {"metrics": self.metrics.state_dict(), "epochs": self.epochs,
+                "per_epoch": {"\t".join(key): [torch.from_numpy(np.stack(arrays)) for arrays in zip(*series)]
+                              for key, series in self.per_epoch.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metrics.load_state_dict(state["metrics"])
+        self.epochs = state["epochs"]
+        self.per_epoch = {tuple(key.split("\t")): list(zip(edges.numpy(), counts.numpy()))
+                          for key, (edges, counts) in state["per_epoch"].items()}
 
     def on_fit_end(self, trainer, pl_module):
         _write(self.metrics, trainer, force=True)

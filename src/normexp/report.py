@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.filter and not args.experiment:
         parser.error("--filter goes with --experiment")
     client = MlflowClient(args.tracking_uri)
+    tracking.reap_expired(client)  # first, runs whose process died end KILLED
     reports = tracking.PROJECT_ROOT / "reports"
     try:
         if args.compare_activations:

@@ -5,7 +5,7 @@ import hydra
 import optuna
 from optuna.trial import TrialState
 
-from normexp import tracking
+from normexp import stores, tracking
 from normexp.bracket import bracket
 from normexp.errors import ConfigError
 from normexp.variants import variant_name
@@ -45,10 +45,11 @@ def fingerprint(cfg) -> dict[str, str]:
 
 
 def open_study(cfg) -> optuna.Study:
-    """Create the study, or load it to resume; trials of a killed search (RUNNING, WAITING) become FAIL
-    and their rates are tried again. One search process per study at a time."""
+    """Create the study, or load it to resume it or to work on it beside the search workers already on
+    it (their RUNNING trials are theirs; normexp.workers fails those whose worker is gone)."""
     name, url = study_name(cfg), storage_url(cfg)
-    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True,
+    study = optuna.create_study(storage=stores.optuna_storage(url), study_name=name, direction="maximize",
+                                load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=hydra.utils.instantiate(cfg.search.pruner))
     wanted, stored = fingerprint(cfg), study.user_attrs.get("config")
@@ -60,9 +61,7 @@ def open_study(cfg) -> optuna.Study:
                          for k in sorted(stored.keys() | wanted.keys()) if stored.get(k) != wanted.get(k))
         raise ConfigError(f"study '{name}' in {url} was run with other settings ({diff}); "
                           "use the same settings, or name a new study with search.study_name=...")
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # enqueued by an older normexp
         study.tell(study.ask(), state=TrialState.FAIL)  # ask() pops the waiting trial
     return study
 
@@ -78,3 +77,9 @@ def summarize(study: optuna.Study, cfg) -> dict:
         study.set_user_attr(key, value)
     return attrs | {"study": study.study_name, "group": group(cfg), "variant": variant_name(cfg.norm.kind, cfg.norm.placement),
                     "definition": definition(cfg), "storage": storage_url(cfg)}
+
+
+def log_bracket(client, parent_id: str, summary: dict) -> None:
+    """The bracket as metrics of the study's MLflow run; step = trials, so their history shows it narrowing."""
+    metrics = {k: summary[k] for k in ("max_stable_lr", "min_unstable_lr", "trials", "epochs_spent")}
+    tracking.log_metrics(client, parent_id, {k: v for k, v in metrics.items() if v is not None}, step=summary["trials"])

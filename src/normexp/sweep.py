@@ -3,20 +3,22 @@ around each job's work, and the report that ends the sweep. Callbacks hold no st
 must change: what a job produced is read back from MLflow, so they work under any launcher and in
 single runs (where there is no parent) alike."""
 
+import functools
+import itertools
 import json
 import logging
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
 
-from normexp import comparisons, plots, report, tracking
-from normexp.errors import ConfigError
+from normexp import cli, comparisons, plots, report, threads, tracking
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
 STUDY_SUMMARY_ARTIFACT = "summary.json"   # in a study's run (normexp.search): its bracket
@@ -33,21 +35,60 @@ def parent_run_id() -> str | None:
 
 @contextmanager
 def hydra_job(tracking_cfg):
-    """Around the work of a Hydra job (train or search); yields the sweep's parent run id (None outside
-    a multirun). A ConfigError in a single run becomes one line on stderr and exit status 1; in a
-    multirun Hydra records the failed job, runs the others, then reports it. An interrupt ends the
-    sweep's parent run KILLED: Hydra's end-of-sweep callbacks never run then."""
+    """Around the work of a Hydra job (train or search), in the process that runs it (the launching
+    process, or a joblib worker); yields the sweep's parent run id (None outside a multirun). SIGINT and
+    SIGTERM raise (cli.signals_raise): the job's runs end KILLED, and so does the sweep's parent run,
+    whose end-of-sweep callback Hydra never runs then. Bad input is raised: a single run prints it
+    (cli.entry_point); a multirun records the failed job, runs the others, then raises it."""
     parent = parent_run_id()
-    try:
-        yield parent
-    except ConfigError as error:
-        if parent is not None:
+    threads.use(threads.sweep_jobs_at_once())  # a parallel sweep's jobs share the CPUs
+    with cli.signals_raise(forward_to_workers=False):
+        try:
+            yield parent
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
+            if parent:
+                tracking.end_run(tracking.client_and_experiment(tracking_cfg)[0], parent, "KILLED")
             raise
-        sys.exit(f"error: {error}")
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
-        if parent:
-            tracking.end_run(tracking.client_and_experiment(tracking_cfg)[0], parent, "KILLED")
-        raise
+        except Exception as error:
+            if parent is None and cli.is_bad_input(error):  # else Hydra adds a line "Error executing job ..."
+                raise SystemExit(f"error: {cli.one_line(error)}") from None
+            raise
+
+
+def job_label() -> str:
+    """'[job 3] ' in a job of a multirun (Hydra's job number: parallel jobs' lines interleave), else ''."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        return ""
+    return f"[job {HydraConfig.get().job.num}] "
+
+
+def reports_failed_sweeps(hydra_main):
+    """Wraps a @hydra.main function (inside cli.entry_point). After the last job, Hydra raises the first
+    failed job's error and skips on_multirun_end: the report of the jobs that did finish is made here,
+    then the error goes on (cli.entry_point ends the parent run FAILED, recording it)."""
+
+    @functools.wraps(hydra_main)
+    def main():
+        try:
+            return hydra_main()
+        except Exception:
+            for sweep in list(_open_sweeps):
+                sweep.report_safely()
+                sweep.print_where()
+            raise
+
+    return main
+
+
+def _jobs(task_overrides) -> list[list[str]]:
+    """The jobs' overrides, as Hydra's basic sweeper splits a multirun (a,b,c sweeps; others left to Hydra)."""
+    choices = {}
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = override.get_key_element()
+        values = (override.sweep_string_iterator() if override.is_discrete_sweep()
+                  else [] if override.is_sweep_override() else [override.get_value_element_as_str()])
+        choices[key] = [f"{key}={value}" for value in values]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 class SweepParentRun(Callback):
@@ -57,34 +98,57 @@ class SweepParentRun(Callback):
     def __init__(self):
         self.run_id: str | None = None  # stays None in a single run, where there is no parent
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
+        # Refuse a misspelt option, a wrong type or an unusable store before the parent run exists (Hydra
+        # composes the jobs' configs only after this). Hydra turns a callback's exception into a
+        # warning and goes on: SystemExit stops it, with the one line.
+        try:
+            for job in _jobs(config.hydra.overrides.task) if config_name else []:  # None: not called by Hydra
+                hydra.compose(config_name, overrides=job)
+            tracking.check(config.tracking)
+            tracking.connect(config.tracking)
+        except Exception as error:
+            if not cli.is_bad_input(error):
+                raise
+            raise SystemExit(f"error: {cli.one_line(error)}") from None
         sweep_dir = Path(config.hydra.sweep.dir)
         self.client, self.run_id = tracking.start_sweep_run(config.tracking, sweep_dir,
                                                             " ".join(config.hydra.overrides.task))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run_id)
+        self.config = config
+        _open_sweeps.append(self)  # until on_multirun_end, which a failed job skips (reports_failed_sweeps)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        # Hydra raises the first failed job only after the whole sweep; mark the parent now, so an
-        # aborted sweep is never left RUNNING.
+        # The parent names its failed jobs; it ends FAILED when the sweep does (cli.entry_point: Hydra
+        # raises the first failure after the last job). Under joblib this runs in the worker, on a copy.
         if self.run_id and job_return.status.name == "FAILED":
-            if self.client.get_run(self.run_id).info.status == "RUNNING":
-                self.client.set_tag(self.run_id, "failed_job", " ".join(job_return.overrides))
-                tracking.end_run(self.client, self.run_id, "FAILED")
+            client = tracking.client_and_experiment(config.tracking)[0]
+            failed = [client.get_run(self.run_id).data.tags.get("failed_job"), " ".join(job_return.overrides)]
+            tracking.set_tags(client, self.run_id, {"failed_job": "; ".join(filter(None, failed))})
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.client.get_run(self.run_id).info.status != "RUNNING":  # already FAILED by a job
+        _open_sweeps.remove(self)
+        if self.client.get_run(self.run_id).info.status != "RUNNING":  # ended by an interrupted job
             return
         try:
-            self.report(config)
-        except Exception as error:  # every job has finished: a report bug must not leave the parent RUNNING
+            self.report_safely()
+        finally:  # every job has finished: nothing may leave the parent RUNNING
+            tracking.end_run(self.client, self.run_id, "FINISHED")
+        self.print_where()
+
+    def report_safely(self) -> None:
+        try:
+            self.report(self.config)
+        except Exception as error:  # a report bug must not hide the runs, complete in MLflow
             log.exception("the sweep's report failed; its runs are complete in MLflow")
             self.client.set_tag(self.run_id, "report_error", repr(error)[:MAX_TAG_VAL_LENGTH])
-        finally:
-            tracking.end_run(self.client, self.run_id, "FINISHED")
+
+    def print_where(self) -> None:
+        config = self.config
         print(f"\nBrowse the runs: mlflow ui --backend-store-uri {tracking.tracking_uri(config.tracking)} --host 127.0.0.1\n"
               f"  experiment '{config.tracking.experiment}', sweep parent run {self.run_id}; "
-              f"Hydra's job folders: {config.hydra.sweep.dir}")
+              f"Hydra's job folders: {config.hydra.sweep.dir}", flush=True)
 
     def report(self, config: DictConfig) -> None:
         answer = report.build_report(self.client, self.run_id)
@@ -112,6 +176,9 @@ class CrossVariantReport(SweepParentRun):
         tracking.log_metrics(self.client, self.run_id, {
             f"max_stable_lr/{r['variant'] if unique else r['study'].removeprefix('stable-lr/')}": r["max_stable_lr"]
             for r in result.records if r["max_stable_lr"] is not None})
+
+
+_open_sweeps: list[SweepParentRun] = []  # this process's multiruns that Hydra has not ended yet
 
 
 def _study_summary(client, run_id: str) -> dict:

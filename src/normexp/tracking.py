@@ -1,19 +1,29 @@
 """MLflow: where runs go, and the one owner of their lifecycle. Every run is created here and ended
 here, FINISHED only once everything it records is written; Lightning's logger only logs metrics."""
 
+import logging
 import subprocess
+import tempfile
+import threading
 import time
 import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
+from normexp import stores
+from normexp.errors import ConfigError
 from normexp.variants import variant_name
 
 # src/normexp/tracking.py -> the repository root (the package is installed editable).
@@ -21,6 +31,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
 # MLflow 3's experiment types (the UI's "experiment type"); MLflow has no constant for them yet.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+LEASE_TAG = "lease_until"  # unix seconds: a RUNNING run whose lease has run out lost its process
+SERVER_TIMEOUT_S = 5       # a tracking server that does not answer the first request within this is refused
+log = logging.getLogger(__name__)
+# MLflow announces creating a new SQLite store's tables on stderr, before a one-line error if there is one.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+# The runs this process has started (or reopened) and not yet ended: run id -> (client, stops its lease).
+_held: dict[str, tuple[MlflowClient, threading.Event]] = {}
 
 
 def tracking_uri(cfg) -> str:
@@ -34,14 +51,16 @@ def artifact_root(cfg) -> str | None:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-    return None  # a tracking server chooses its own artifact store
+    if uri.startswith(("http://", "https://")):
+        return None  # a tracking server chooses its own artifact store
+    return (PROJECT_ROOT / "mlruns").as_uri()  # a database (postgresql://...): MLflow would use ./mlruns
 
 
 def client_and_experiment(cfg) -> tuple[MlflowClient, str]:
     """The MLflow client for `cfg` (the tracking group) and the id of `cfg.experiment`, created if new.
     A new experiment is marked as model training (the UI then opens on runs, metrics and charts);
     `cfg.description` (a preset's question) becomes the experiment's description."""
-    client = MlflowClient(tracking_uri(cfg))
+    client = stores.Client(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_root(cfg),
@@ -85,9 +104,106 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def local_folder(uri: str) -> Path:
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def check(cfg) -> None:
+    """Refuse, in seconds and before anything is recorded, a lease that cannot work, a tracking server
+    that does not answer (MLflow itself would retry for minutes) and a store or artifact folder that
+    cannot be written."""
+    if not 0 < cfg.heartbeat_s < cfg.lease_s:
+        raise ConfigError(f"tracking.heartbeat_s={cfg.heartbeat_s:g}, tracking.lease_s={cfg.lease_s:g}: need 0 < "
+                          "heartbeat_s < lease_s (a lease outlives missed renewals); e.g. tracking.heartbeat_s=10 "
+                          "tracking.lease_s=60")
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answers
+        except OSError as error:
+            raise ConfigError(f"tracking.uri={uri} does not answer ({getattr(error, 'reason', error)}); start the "
+                              "server (mlflow server --host 127.0.0.1 --port PORT) or drop tracking.uri for the "
+                              "local SQLite store") from None
+    folders = {"tracking.artifact_root" if cfg.artifact_root else "tracking.uri": local_folder(root)
+               for root in [artifact_root(cfg)] if root}
+    if uri.startswith("sqlite:///"):
+        folders["tracking.uri"] = Path(uri.removeprefix("sqlite:///")).parent
+    for key, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            raise ConfigError(f"{key}={cfg.artifact_root if key == 'tracking.artifact_root' else uri}: cannot write "
+                              f"to {folder} ({error.strerror}); choose a writable place, e.g. "
+                              f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db") from None
+
+
+def connect(cfg) -> MlflowClient:
+    """The client of the store (`check` it first), after ending the runs of dead processes (`reap_expired`).
+    A SQLite store is put in WAL mode: readers and the one writer no longer block each other, which
+    parallel sweeps (joblib workers, lease renewals) need; it stays so (a property of the file)."""
+    stores.use_wal(tracking_uri(cfg))
+    try:
+        client = stores.Client(tracking_uri(cfg))
+        reap_expired(client)
+    except MlflowException as error:  # e.g. an unknown scheme, or a plain path (MLflow 3 refuses file stores)
+        raise ConfigError(f"tracking.uri={tracking_uri(cfg)}: {str(error).strip().splitlines()[0]}; use "
+                          "sqlite:///<path> or http://<host>:<port>") from None
+    return client
+
+
+def _pages(search, *args, **kwargs) -> list:
+    page = search(*args, **kwargs)
+    items = list(page)
+    while page.token:
+        page = search(*args, page_token=page.token, **kwargs)
+        items += page
+    return items
+
+
+def reap_expired(client: MlflowClient) -> list[str]:
+    """End KILLED every RUNNING run of the store whose lease has run out: its process was killed (SIGKILL)
+    or its machine lost. Every normexp command (train, search, report) does this first."""
+    experiment_ids = [e.experiment_id for e in _pages(client.search_experiments)]
+    running = _pages(client.search_runs, experiment_ids, "attributes.status = 'RUNNING'") if experiment_ids else []
+    now, reaped = time.time(), []
+    for run in running:
+        until = run.data.tags.get(LEASE_TAG)
+        if until is not None and float(until) < now:
+            expired = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(until)))
+            client.set_tag(run.info.run_id, "killed_reason", f"lease expired at {expired}: its process was killed "
+                                                             "or its machine lost")
+            end_run(client, run.info.run_id, "KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def _lease_until(lease_s: float) -> str:
+    return f"{time.time() + lease_s:.1f}"
+
+
+def _hold(client: MlflowClient, run_id: str, tracking_cfg) -> None:
+    """Renew the run's lease every heartbeat_s seconds from a background thread, until `end_run`."""
+    every_s, lease_s, stop = float(tracking_cfg.heartbeat_s), float(tracking_cfg.lease_s), threading.Event()
+    _held[run_id] = client, stop
+
+    def renew():
+        while not stop.wait(every_s):
+            try:
+                client.set_tag(run_id, LEASE_TAG, _lease_until(lease_s))
+            except Exception as error:  # a busy or unreachable store: the next beat tries again
+                log.warning("could not renew the lease of run %s: %s", run_id, error)
+
+    threading.Thread(target=renew, name=f"lease {run_id}", daemon=True).start()
+
+
 def _create_run(tracking_cfg, tags: dict) -> tuple[MlflowClient, str]:
     client, experiment_id = client_and_experiment(tracking_cfg)
-    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | tags)
+    lease = {LEASE_TAG: _lease_until(tracking_cfg.lease_s)}
+    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | lease | tags)
+    _hold(client, run.info.run_id, tracking_cfg)
     return client, run.info.run_id
 
 
@@ -117,18 +233,76 @@ def start_sweep_run(tracking_cfg, sweep_dir: Path, overrides: str) -> tuple[Mlfl
                                       "overrides": overrides})
 
 
-def reopen_run(client: MlflowClient, run_id: str) -> None:
-    """RUNNING again (a resumed study's run); its children left RUNNING by a killed process end KILLED."""
+def runs_like(client: MlflowClient, cfg, statuses: tuple[str, ...]) -> list:
+    """The runs of cfg's experiment in one of `statuses` whose config params equal cfg's (tracking and
+    display settings aside), newest first."""
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return []
+    wanted = {k: v[:MAX_PARAM_VAL_LENGTH] for k, v in flat_params(cfg).items()
+              if not k.startswith(("tracking.", "trainer.resume", "trainer.progress_bar"))}
+    found = client.search_runs([experiment.experiment_id], " or ".join(f"attributes.status = '{s}'" for s in statuses),
+                               order_by=["attributes.start_time DESC"])
+    return [run for run in found if all(run.data.params.get(k) == v for k, v in wanted.items())]
+
+
+def reopen_run(client: MlflowClient, run_id: str, tracking_cfg) -> None:
+    """RUNNING again (a resumed study or training run), holding a new lease; runs under it left RUNNING
+    by a killed process end KILLED."""
+    client.set_tag(run_id, LEASE_TAG, _lease_until(tracking_cfg.lease_s))
     client.update_run(run_id, status="RUNNING")
+    if "killed_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "killed_reason")
+    _hold(client, run_id, tracking_cfg)
+    _kill_running_children(client, run_id)
+
+
+def join_run(client: MlflowClient, run_id: str, tracking_cfg) -> None:
+    """Hold the lease of a run that other processes hold too (a search's study run, shared by its workers
+    on several machines), RUNNING again if it had ended; its running children are theirs, left alone."""
+    client.set_tag(run_id, LEASE_TAG, _lease_until(tracking_cfg.lease_s))
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    _hold(client, run_id, tracking_cfg)
+
+
+def _kill_running_children(client: MlflowClient, run_id: str) -> None:
     experiment_id = client.get_run(run_id).info.experiment_id
-    stale = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
-    for child in client.search_runs([experiment_id], stale):
+    running = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+    for child in client.search_runs([experiment_id], running):
+        _kill_running_children(client, child.info.run_id)
         end_run(client, child.info.run_id, "KILLED")
+
+
+def end_held_runs(error: BaseException) -> None:
+    """A command ends by `error`: every run this process still holds (a sweep's parent, whose end-of-sweep
+    callback Hydra skips after a failed job) ends KILLED on an interrupt, FAILED (recorded) otherwise.
+    Runs under it still RUNNING end KILLED: their processes are gone (joblib kills its workers on the
+    way out)."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    for run_id, (client, _) in list(_held.items()):
+        _kill_running_children(client, run_id)
+        if client.get_run(run_id).info.status == "RUNNING":
+            end_run(client, run_id, "KILLED" if interrupted else "FAILED", None if interrupted else error)
+        else:  # ended by a joblib worker's job
+            _held.pop(run_id)[1].set()
+
+
+def wait_for_children(timeout_s: float) -> None:
+    """Until no run under a run this process holds is RUNNING (joblib workers ending theirs), at most timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    for run_id, (client, _) in list(_held.items()):
+        experiment_id = client.get_run(run_id).info.experiment_id
+        running = f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+        while client.search_runs([experiment_id], running, max_results=1) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException | None = None) -> None:
     """The one place a run ends. A FAILED run records its error as the tag `error` and its traceback
     as error.txt."""
+    if run_id in _held:
+        _held.pop(run_id)[1].set()  # its lease is no longer renewed
     if error is not None:
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_VAL_LENGTH])
         client.log_text(run_id, "".join(traceback.format_exception(error)), ERROR_ARTIFACT)
@@ -165,6 +339,12 @@ class MetricsLogger(MLFlowLogger):
 
     def __init__(self, tracking_cfg, run_id: str):
         super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=tracking_uri(tracking_cfg), run_id=run_id)
+        self._mlflow_client = stores.Client(tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        # Lightning adds its own "epoch" counter (at the global step) to every write: our metrics are
+        # stepped by epoch already, and that counter is the one thing a resumed run could not log again.
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
     def finalize(self, status: str = "success") -> None:
         pass  # the run's owner ends it (`ending`)
@@ -188,3 +368,16 @@ class MetricBuffer:
             return
         client.log_batch(run_id, metrics=self.items)
         self.items, self.written_at = [], time.monotonic()
+
+    # A checkpoint carries the metrics not yet written (normexp.checkpoints), packed: a few objects to
+    # pickle each epoch however many metrics wait. Written again after a resume, MLflow keeps one of
+    # two identical (key, value, timestamp, step).
+    def state_dict(self) -> dict:
+        return {"keys": "\n".join(m.key for m in self.items),
+                "values": torch.tensor([m.value for m in self.items], dtype=torch.float64),
+                "times_steps": torch.tensor([[m.timestamp, m.step] for m in self.items], dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        keys = state["keys"].split("\n") if state["keys"] else []
+        self.items = [Metric(key, value, time_ms, step) for key, value, (time_ms, step)
+                      in zip(keys, state["values"].tolist(), state["times_steps"].tolist())]

@@ -8,16 +8,24 @@ from dataclasses import asdict, dataclass, field
 
 import hydra
 import pytorch_lightning as pl
+from pytorch_lightning.accelerators import AcceleratorRegistry
+import torch
 from torch import nn
 
-from normexp import config, data, inference, models, plots, probes, sweep, tracking
+from normexp import checkpoints, cli, config, data, inference, models, plots, probes, sweep, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
+from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
 
-# Lightning's per-Trainer banner (GPU/TPU availability, a cloud-logger tip) and a deprecation warning
-# from its own internals would repeat for every job of a sweep; each run's summary line says what matters.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+def _quiet_lightning() -> None:
+    """Lightning's per-Trainer banner (GPU/TPU availability, a cloud-logger tip), a deprecation warning from
+    its own internals and its hint to use `srun` wherever SLURM is installed would repeat for every job of a
+    sweep; each run's summary line says what matters. Called by `run`, not at import: a joblib worker
+    gets `python -m normexp.train`'s functions by value and never imports this module."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
 
 
 @dataclass
@@ -48,22 +56,47 @@ class Outcome:
 def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
     """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
     config.refuse_added_keys(cfg)
+    _check_trainer(cfg.trainer)
     check_optim(cfg.optim)
     models.check_input(cfg.model, cfg.dataset)
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
+    tracking.check(cfg.tracking)
     return splits, model
+
+
+def _check_trainer(cfg) -> None:
+    if cfg.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={cfg.max_epochs} must be >= 1; e.g. trainer.max_epochs=10")
+    known = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+    if cfg.accelerator not in known:
+        raise ConfigError(f"unknown trainer.accelerator '{cfg.accelerator}'; expected one of {', '.join(known)}")
+
+
+def _open_run(cfg, parent_run_id: str | None, model: nn.Module) -> tuple:
+    """(client, run id, checkpoint to resume from or None): a new run, or with trainer.resume=true the
+    newest KILLED run of this config, RUNNING again."""
+    client = tracking.connect(cfg.tracking)  # first, runs whose process died end KILLED
+    if not cfg.trainer.resume:
+        return *tracking.start_run(cfg, parent_run_id, extra_params=models.parameter_counts(model)), None
+    run_id, checkpoint = checkpoints.find_killed_run(client, cfg)
+    tracking.reopen_run(client, run_id, cfg.tracking)
+    return client, run_id, checkpoint
 
 
 def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
     """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
+    _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     splits, model = prepare(cfg)
     guard, history = DivergenceGuard(cfg.divergence.factor, cfg.divergence.patience), EpochHistory()
     probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
 
-    client, run_id = tracking.start_run(cfg, parent_run_id, extra_params=models.parameter_counts(model))
+    client, run_id, resume_from = _open_run(cfg, parent_run_id, model)
     with tracking.ending(client, run_id):  # FINISHED only after the outcome and figures are written
+        batch_size = cfg.dataset.batch_size
+        train_batches = data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
+        checkpointing = checkpoints.Checkpointing(checkpoints.path(cfg.tracking, run_id), train_batches, history)
         show_progress = cfg.trainer.progress_bar if cfg.trainer.progress_bar is not None else sys.stderr.isatty()
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,
@@ -71,20 +104,17 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             devices=1,
             deterministic=cfg.trainer.deterministic,
             logger=tracking.MetricsLogger(cfg.tracking, run_id),
-            callbacks=[guard, history, *probing, *callbacks],
+            callbacks=[guard, history, *probing, *callbacks, checkpointing],  # the checkpoint last: all states in
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
             enable_model_summary=show_progress,
             num_sanity_val_steps=0,
             log_every_n_steps=1,  # metrics are epoch means; this only silences a warning on small data
         )
-        batch_size = cfg.dataset.batch_size
         classifier = Classifier(model, cfg.optim)
-        trainer.fit(
-            classifier,
-            train_dataloaders=data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed),
-            val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
-        )
+        trainer.fit(classifier, train_dataloaders=train_batches,
+                    val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
+                    ckpt_path=resume_from, weights_only=True)
         test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False, drop_last=False),
                                     verbose=False)[0]
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
@@ -93,6 +123,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             tracking.log_metrics(client, run_id, inference.inference_metrics(model, x, cfg.probes.inference_repeats))
         _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
+    checkpoints.remove(cfg.tracking, run_id)  # FINISHED: nothing left to resume
     return outcome
 
 
@@ -136,6 +167,7 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
     """The verdict (and where it was trained) as tags, filterable in the MLflow UI; the figures as metrics."""
     tracking.set_tags(client, run_id, {
         "device": device,
+        "threads": torch.get_num_threads(),  # normexp.threads: CPUs shared by the jobs at once; s/epoch depends on it
         "diverged": str(outcome.diverged).lower(),
         "converged": str(outcome.converged).lower(),
         **({"diverged_at_step": outcome.diverged_at_step, "diverged_reason": outcome.diverged_reason}
@@ -148,11 +180,13 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
     tracking.log_metrics(client, run_id, {f"outcome/{k}": v for k, v in figures.items()})
 
 
+@cli.entry_point
+@sweep.reports_failed_sweeps
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
 def main(cfg) -> Outcome:
     with sweep.hydra_job(cfg.tracking) as parent_run_id:
         outcome = run(cfg, parent_run_id=parent_run_id)
-    print(outcome.summary())
+    print(sweep.job_label() + outcome.summary(), flush=True)  # flushed: a joblib worker may be stopped, not exit
     return outcome
 
 

@@ -1,0 +1,103 @@
+"""The stores that parallel processes share: MLflow's tracking store and the search's Optuna storage,
+on SQLite (one machine) or on a database server (PostgreSQL: `postgresql+psycopg2://...`).
+
+SQLite lets one process write at a time. In WAL mode (`use_wal`) readers and that writer no longer
+block each other, and it stays so (a property of the file). MLflow's SQLite store waits up to 20 s for
+the write lock; a write that waits longer fails with 'database is locked', and `Client` tries it again.
+Optuna's SQLite storage waits OPTUNA_SQLITE_WAIT_S (pysqlite's default is 5 s). WAL needs the
+processes on one machine: across machines, use PostgreSQL or an `mlflow server`.
+"""
+
+import fcntl
+import functools
+import hashlib
+import logging
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+LOCKED_RETRIES = 5          # attempts after the first, each after MLflow's own 20 s wait
+LOCKED_BACKOFF_S = 1.0      # doubled after each attempt: 1, 2, 4, 8, 16 s
+OPTUNA_SQLITE_WAIT_S = 60   # how long an Optuna write waits for a busy SQLite file
+log = logging.getLogger(__name__)
+_opened: set[str] = set()   # the tracking URIs whose store this process has opened
+
+
+def use_wal(url: str) -> None:
+    """Put the SQLite file of a `sqlite:///` URL in WAL mode (created if new); other URLs are left alone."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=OPTUNA_SQLITE_WAIT_S) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def is_locked(error: BaseException) -> bool:
+    return isinstance(error, MlflowException) and "database is locked" in str(error)
+
+
+def retrying(write):
+    """`write` (an MlflowClient method), tried again while the SQLite store is locked. Safe to repeat:
+    a locked write was rolled back."""
+
+    @functools.wraps(write)
+    def call(*args, **kwargs):
+        for attempt in range(LOCKED_RETRIES + 1):
+            try:
+                return write(*args, **kwargs)
+            except MlflowException as error:
+                if not is_locked(error) or attempt == LOCKED_RETRIES:
+                    raise
+                wait_s = LOCKED_BACKOFF_S * 2**attempt
+                log.warning("MLflow store locked during %s; trying again in %g s", write.__name__, wait_s)
+                time.sleep(wait_s)
+
+    return call
+
+
+@contextmanager
+def one_at_a_time(url: str):
+    """While inside, no other process on this machine is inside for the same `url`. Two processes that
+    open a new database at once would both create its tables and break each other's migrations (a
+    parallel sweep's first jobs, two commands started together): they take turns, and the second finds
+    the tables made. (Across machines: create them first, e.g. `mlflow db upgrade <url>`.)"""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"normexp-store-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+class Client(MlflowClient):
+    """MlflowClient whose writes to the database retry while a SQLite store stays locked (artifact
+    writes go to files, not to the database); the first in a process opens its store `one_at_a_time`."""
+
+    def __init__(self, tracking_uri: str):
+        if tracking_uri in _opened:
+            return super().__init__(tracking_uri)
+        with one_at_a_time(tracking_uri):
+            super().__init__(tracking_uri)  # creates the store, and its tables if new
+        _opened.add(tracking_uri)
+
+    create_experiment = retrying(MlflowClient.create_experiment)
+    set_experiment_tag = retrying(MlflowClient.set_experiment_tag)
+    create_run = retrying(MlflowClient.create_run)
+    update_run = retrying(MlflowClient.update_run)
+    set_terminated = retrying(MlflowClient.set_terminated)
+    log_batch = retrying(MlflowClient.log_batch)
+    log_metric = retrying(MlflowClient.log_metric)
+    log_param = retrying(MlflowClient.log_param)
+    set_tag = retrying(MlflowClient.set_tag)
+    delete_tag = retrying(MlflowClient.delete_tag)
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """The search's Optuna storage at `url`; a SQLite file in WAL mode, its writers waiting for each other."""
+    with one_at_a_time(url):  # creates the tables, if new
+        if url.startswith("sqlite:///"):
+            use_wal(url)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": OPTUNA_SQLITE_WAIT_S}})
+        return optuna.storages.RDBStorage(url)

@@ -1,0 +1,58 @@
+"""normexp.stores: real SQLite stores shared by processes: a new store opened by several at once, WAL mode,
+and a write that outlasts a lock held longer than MLflow's own 20 s wait."""
+
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+from normexp import stores
+
+OPEN_AND_WRITE = """
+import sys
+from normexp import stores
+stores.use_wal(sys.argv[1])
+client = stores.Client(sys.argv[1])
+experiment = client.create_experiment(sys.argv[2])
+client.set_terminated(client.create_run(experiment).info.run_id)
+"""
+
+
+def test_a_new_store_opened_by_several_processes_at_once(tmp_path):
+    mlflow_uri, optuna_uri = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+    opening = [subprocess.Popen([sys.executable, "-c", OPEN_AND_WRITE, mlflow_uri, f"e{i}"], stderr=subprocess.PIPE,
+                                text=True) for i in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in opening]
+    assert [p.returncode for p in opening] == [0, 0, 0], errors
+    client = stores.Client(mlflow_uri)
+    assert len(client.search_runs([client.get_experiment_by_name(f"e{i}").experiment_id for i in range(3)])) == 3
+    stores.optuna_storage(optuna_uri)
+    for db in ("mlflow.db", "optuna.db"):
+        with sqlite3.connect(tmp_path / db) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    stores.use_wal(uri)
+    client = stores.Client(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    locked = threading.Event()
+
+    def hold_the_write_lock():  # another process's long write, as a heavily loaded sweep can have
+        with sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None) as db:
+            db.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            time.sleep(21)  # MLflow's sessions wait 20 s, then fail with 'database is locked'
+            db.execute("COMMIT")
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    locked.wait()
+    with caplog.at_level(logging.WARNING, logger="normexp.stores"):
+        client.set_tag(run_id, "written", "after the lock")
+    holder.join()
+    assert "MLflow store locked during set_tag" in caplog.text
+    assert client.get_run(run_id).data.tags["written"] == "after the lock"
