@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 
 from normexp import train
 from normexp.gradients import GradientFlow
-from normexp.tracking import MetricBuffer
+from normexp.metrics import MetricBuffer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -156,15 +156,3 @@ def test_check_refuses_an_unusable_store_within_seconds(tmp_path):
         tracking.check(cfg(heartbeat_s=10, lease_s=5))
     tracking.check(cfg(uri=f"sqlite:///{tmp_path}/new/folder/mlflow.db"))  # a new folder is made
     assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
-
-
-def test_a_metric_buffer_round_trips_through_its_state(mlflow_client, experiment_name):
-    buffer = tracking.MetricBuffer(every_s=3600)
-    buffer.add({"act/hidden1/pre_mean": 0.25, "bn/hidden1/gamma_mean": 1.5}, step=3)
-    restored = tracking.MetricBuffer(every_s=3600)
-    restored.load_state_dict(buffer.state_dict())
-    assert restored.items == buffer.items
-    run_id = new_run(mlflow_client, experiment_name)
-    buffer.write(mlflow_client, run_id, force=True)
-    restored.write(mlflow_client, run_id, force=True)  # after a resume: the same metrics once more
-    assert [(m.value, m.step) for m in mlflow_client.get_metric_history(run_id, "act/hidden1/pre_mean")] == [(0.25, 3)]

@@ -16,7 +16,7 @@ import torch
 
 from normexp import plots
 from normexp.models import hidden_blocks
-from normexp.tracking import MetricBuffer
+from normexp.metrics import MetricBuffer
 
 KINDS = ("norm", "ratio")
 

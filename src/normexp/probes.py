@@ -31,9 +31,9 @@ from normexp.errors import ConfigError
 from normexp.gradients import GradientFlow
 from normexp.histograms import HistogramSeries
 from normexp.models import hidden_blocks, norm_layers, parameter_counts
-from normexp.tracking import MetricBuffer
+from normexp.metrics import MetricBuffer
 
-# Metrics are buffered (tracking.MetricBuffer). Long runs still show them live, written at the first
+# Metrics are buffered (metrics.MetricBuffer). Long runs still show them live, written at the first
 # epoch end this many seconds after the last write.
 WRITE_EVERY_S = 30
 

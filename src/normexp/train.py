@@ -12,7 +12,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 import torch
 from torch import nn
 
-from normexp import checkpoints, cli, config, data, inference, models, plots, probes, sweep, tracking
+from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, sweep, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
@@ -103,7 +103,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             accelerator=cfg.trainer.accelerator,
             devices=1,
             deterministic=cfg.trainer.deterministic,
-            logger=tracking.MetricsLogger(cfg.tracking, run_id),
+            logger=metrics.MetricsLogger(cfg.tracking, run_id),
             callbacks=[guard, history, *probing, *callbacks, checkpointing],  # the checkpoint last: all states in
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
