@@ -39,3 +39,52 @@ def test_one_preset_is_answered_into_the_readme_between_the_markers(tmp_path, tr
     assert "**Claim:** BN trains 2-10x faster. **Verdict:** " in text
     assert "| bn |" in text and "(paired by seed)" in text
     assert (tmp_path / "docs" / "convergence.png").stat().st_size > 0
+
+
+def test_init_scale_holds_when_only_the_norms_converge_at_every_scale():
+    scales = ("0.1", "1.0", "10.0")
+    runs = [run(s, k, None, 0.9, **{"model.init_scale": scale}) for s in range(2) for k in ("none", "bn", "ln") for scale in scales]
+    for r in runs:
+        r.converged = r.params["norm.kind"] != "none" or r.params["model.init_scale"] == "1.0"
+    assert answers.init_scale(runs) == ("holds. Init scales at which every seed converged: none 1; bn 0.1, 1, 10; "
+                                        "ln 0.1, 1, 10 (of 0.1, 1, 10).")
+    runs[0].converged = False  # one seed of none at 0.1... already False; one of bn at 0.1 fails instead
+    next(r for r in runs if r.params["norm.kind"] == "bn" and r.params["model.init_scale"] == "0.1").converged = False
+    assert answers.init_scale(runs).startswith("not on this setup. Init scales at which every seed converged: none 1; bn 1, 10;")
+
+
+def test_depth_names_the_deepest_trainable_net_and_where_the_gradient_vanishes():
+    runs = []
+    for s in range(2):
+        for kind in ("none", "bn", "ln"):
+            for d in (2, 8):
+                vanishing = 1e-4 if kind == "none" and d == 8 else 1.0
+                r = run(s, kind, None, 0.9, **{"model.depth": str(d)})
+                r.metrics |= {"grad/hidden1/norm": vanishing, f"grad/hidden{d}/norm": 1.0}
+                r.converged = not (kind == "none" and d == 8)
+                runs.append(r)
+    assert answers.depth(runs) == ("holds. Deepest MLP at which every seed converged: none 2; bn 8; ln 8 (of 2, 8 hidden "
+                                   "layers). At depth 8, the gradient norm of the first hidden layer / the last one: "
+                                   "none 0.0001, bn 1, ln 1.")
+
+
+def test_bn_momentum_holds_only_when_the_small_momentum_is_clearly_worse_on_both_counts():
+    def momentum_run(seed, momentum, acc, gap):
+        r = run(seed, "bn", None, acc, **{"norm.momentum": momentum})
+        r.metrics |= {"bn/hidden1/train_eval_gap": gap, "bn/hidden2/train_eval_gap": gap}
+        return r
+
+    lagging = [momentum_run(s, "0.001", 0.70 + s * 0.01, 0.5) for s in range(3)] + \
+              [momentum_run(s, "0.1", 0.88 + s * 0.012, 0.05 + s * 0.01) for s in range(3)]
+    assert answers.bn_momentum(lagging).startswith("holds. Momentum 0.001 - 0.1, per seed: final val accuracy -0.182")
+    alike = [momentum_run(s, m, 0.88 + (s if m == "0.1" else 2 - s) * 0.01, 0.05) for s in range(3) for m in ("0.001", "0.1")]
+    assert answers.bn_momentum(alike).startswith("not on this setup: no clear difference")
+
+
+def test_sequence_pairs_variable_with_fixed_length_per_norm():
+    runs = [run(s, k, None, acc - (0.05 if variable == "True" else 0) + s * 0.01, **{"dataset.variable_length": variable})
+            for s in range(3) for k, acc in (("none", 0.80), ("bn", 0.85), ("ln", 0.86)) for variable in ("False", "True")]
+    verdict = answers.sequence(runs)
+    assert verdict.startswith("partly: LN trains at any length, masked BN falls behind it. Final val accuracy at variable "
+                              "- fixed length, per seed: none -0.050")
+    assert verdict.endswith("At variable length, bn - ln: -0.010, 95% CI -0.010..-0.010 (n=3).")

@@ -155,6 +155,71 @@ def batch_size(runs: list[RunData]) -> str:
             + "; ".join(f"{k} {_ci(v)}" for k, v in drops.items()) + ".")
 
 
+def _converging_values(runs: list[RunData], kind: str, key: str) -> list[float]:
+    """The values of `key` at which every seed of norm `kind` converged, ascending."""
+    values = {float(r.params[key]) for r in runs if r.params["norm.kind"] == kind}
+    return sorted(v for v in values if all(r.converged for r in runs
+                                           if r.params["norm.kind"] == kind and float(r.params[key]) == v))
+
+
+def init_scale(runs: list[RunData]) -> str:
+    scales = sorted({float(r.params["model.init_scale"]) for r in runs})
+    ok = {k: _converging_values(runs, k, "model.init_scale") for k in ("none", "bn", "ln")}
+    norms_everywhere = all(ok[k] == scales for k in ("bn", "ln"))
+    word = ("holds" if norms_everywhere and ok["none"] != scales else
+            "partly: no norm converges at every scale too" if norms_everywhere else "not on this setup")
+    return f"{word}. Init scales at which every seed converged: " + "; ".join(
+        f"{k} {', '.join(f'{v:g}' for v in ok[k]) or 'none'}" for k in ok) + f" (of {', '.join(f'{v:g}' for v in scales)})."
+
+
+def depth(runs: list[RunData]) -> str:
+    depths = sorted({int(r.params["model.depth"]) for r in runs})
+    deepest = {k: max(_converging_values(runs, k, "model.depth"), default=None) for k in ("none", "bn", "ln")}
+
+    def first_to_last(kind: str) -> float:
+        """Mean over seeds of the last epoch's gradient norm of the first hidden layer / of the last one,
+        at the largest depth: below 1, the gradient shrinks towards the input."""
+        deep = [r for r in runs if r.params["norm.kind"] == kind and int(r.params["model.depth"]) == depths[-1]]
+        return interval([r.metric("grad/hidden1/norm") / r.metric(f"grad/hidden{depths[-1]}/norm") for r in deep])[0]
+
+    trainable = deepest["bn"] == depths[-1] and (deepest["none"] or 0) < depths[-1]
+    vanishes = first_to_last("none") < first_to_last("bn")
+    word = "holds" if trainable and vanishes else "partly" if trainable or vanishes else "not on this setup"
+    return (f"{word}. Deepest MLP at which every seed converged: " + "; ".join(f"{k} {d:g}" if d else f"{k} -" for k, d in deepest.items())
+            + f" (of {', '.join(map(str, depths))} hidden layers). At depth {depths[-1]}, the gradient norm of the first "
+            f"hidden layer / the last one: none {first_to_last('none'):.3g}, bn {first_to_last('bn'):.3g}, ln {first_to_last('ln'):.3g}.")
+
+
+def _mean_gap(run: RunData) -> float:
+    """The last epoch's bn/<layer>/train_eval_gap, mean over BN layers."""
+    gaps = [v for k, v in run.metrics.items() if k.startswith("bn/") and k.endswith("/train_eval_gap")]
+    return sum(gaps) / len(gaps)
+
+
+def bn_momentum(runs: list[RunData]) -> str:
+    momenta = sorted({float(r.params["norm.momentum"]) for r in runs})
+    small, default = _runs(runs, {"norm.momentum": momenta[0]}), _runs(runs, {"norm.momentum": 0.1})
+    acc = _paired(small, default, lambda s, d: _final_acc(s) - _final_acc(d))
+    gap = _paired(small, default, lambda s, d: _mean_gap(s) - _mean_gap(d))
+    lower, wider = _clear(acc, 0) < 0, _clear(gap, 0) > 0
+    word = "holds" if lower and wider else "partly" if lower or wider else "not on this setup: no clear difference"
+    return (f"{word}. Momentum {momenta[0]:g} - 0.1, per seed: final val accuracy {_ci(acc)}; "
+            f"train-eval gap (mean over BN layers) {_ci(gap, '+.3g')}.")
+
+
+def sequence(runs: list[RunData]) -> str:
+    def by(kind: str, variable: bool) -> dict[str, RunData]:
+        return _runs(runs, {"norm.kind": kind, "dataset.variable_length": str(variable)})
+
+    cost = {k: _paired(by(k, True), by(k, False), lambda v, f: _final_acc(v) - _final_acc(f)) for k in ("none", "bn", "ln")}
+    bn_vs_ln = _paired(by("bn", True), by("ln", True), lambda bn, ln: _final_acc(bn) - _final_acc(ln))
+    ln_holds = all(r.converged for r in runs if r.params["norm.kind"] == "ln")
+    word = ("holds" if ln_holds and _clear(bn_vs_ln, 0) >= 0 else "partly: LN trains at any length, masked BN falls behind it"
+            if ln_holds else "not on this setup")
+    return (f"{word}. Final val accuracy at variable - fixed length, per seed: "
+            + "; ".join(f"{k} {_ci(v)}" for k, v in cost.items()) + f". At variable length, bn - ln: {_ci(bn_vs_ln)}.")
+
+
 @dataclass
 class Question:
     preset: str
@@ -173,6 +238,14 @@ QUESTIONS = [
     Question("regularization", "BN acts as a regularizer (a smaller train-val gap)", [], regularization),
     Question("batch_size", "BN degrades below batch size 8, GN and LN do not",
              ["dataset.fraction=0.1", "trainer.max_epochs=3"], batch_size),
+    Question("init_scale", "BN and LN converge at every init scale from 0.1 to 10, no norm only near 1",
+             ["dataset.fraction=0.25", "trainer.max_epochs=5"], init_scale),
+    Question("depth", "without a norm the gradient vanishes towards the input of a deep MLP; BN keeps it trainable",
+             ["dataset.fraction=0.25", "trainer.max_epochs=5"], depth),
+    Question("bn_momentum", "a too small BN momentum leaves the running statistics behind: a larger train-eval gap, "
+             "lower val accuracy", ["trainer.max_epochs=5"], bn_momentum),
+    Question("sequence", "LN trains sequences of any length; BN, masked to the valid tokens, holds up too",
+             ["dataset.fraction=0.25", "trainer.max_epochs=3"], sequence),
 ]
 
 
@@ -233,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.monotonic() - started) / 60
     header = (f"Written by `make answers` ({minutes:.0f} min on a {machine()}; seeds {args.seeds}"
               f"{'; ' + ' '.join(args.set) if args.set else ''}). Each command below is what ran; the presets are "
-              "shortened where the answer does not change (fewer epochs, batch_size on 10% of the training set).\n")
+              "shortened where the answer does not change (fewer epochs, some on a fraction of the training set).\n")
     rewrite(args.readme, "\n".join([header, *parts]))
     print(f"rewrote the answers in {args.readme} ({minutes:.1f} min)")
 

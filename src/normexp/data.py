@@ -5,6 +5,7 @@ With dataset.variable_length, the rows past each image's length are NaN: model=s
 Batches are slices of a seeded permutation: no DataLoader, no per-sample Python.
 """
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,14 @@ def _subset(train, cfg, seed: int):
     return images[order], labels[order]
 
 
+@functools.lru_cache(maxsize=1)  # the runs of a sweep or a search read it once per process
 def _digits():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return digits.images.reshape(-1, 1, 8, 8).astype(np.float32), digits.target
+    images, labels = digits.images.reshape(-1, 1, 8, 8).astype(np.float32), digits.target
+    images.flags.writeable = labels.flags.writeable = False  # shared by the process's runs; splits copy
+    return images, labels
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -189,14 +193,23 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _read_idx_folder(folder: Path):
-    """((train_images, train_labels), (test_images, test_labels)) from a folder of IDX files."""
+    """((train_images, train_labels), (test_images, test_labels)) from a folder of IDX files. Read once
+    per process while the files stay the same: a sweep's or a search's runs share the arrays, which are
+    read-only (every split is a copy)."""
+    files = [_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair]
+    return _read_idx_files(tuple((path, path.stat().st_mtime_ns, path.stat().st_size) for path in files))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_idx_files(stamped: tuple[tuple[Path, int, int], ...]):
+    """`stamped`: (path, mtime, size) of train images, train labels, test images, test labels."""
     splits = []
-    for images_stem, labels_stem in IDX_FILES.values():
-        images, labels = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
-        images, labels = read_idx(images)[:, None], read_idx(labels).astype(np.int64)  # (N, 1, 28, 28), (N,)
+    for (images_path, *_), (labels_path, *_) in zip(stamped[::2], stamped[1::2]):
+        images, labels = read_idx(images_path)[:, None], read_idx(labels_path).astype(np.int64)  # (N, 1, 28, 28), (N,)
         if len(images) != len(labels):
-            raise ConfigError(f"{folder}: {images_stem} holds {len(images)} images but {labels_stem} {len(labels)} "
+            raise ConfigError(f"{images_path} holds {len(images)} images but {labels_path.name} {len(labels)} "
                               "labels; download them again, or point dataset.root at a folder of intact files")
+        images.flags.writeable = labels.flags.writeable = False
         splits.append((images, labels))
     return tuple(splits)
 
