@@ -6,11 +6,14 @@
               then a validation pass in eval mode: the floor for this model on this machine
   (b) run     train.run with its defaults: probes, MLflow logging, divergence guard, validation
   (c) run     train.run with probes.enabled=false
+  (d) bare    the same model and optimizer in a LightningModule that only computes the loss, in a
+              Trainer with no logger and no callback but the clock: Lightning's own cost per step, the
+              floor of any Trainer-based run (train.run's own work is what (b) and (c) add to it)
 
 (a) trains a copy of the very model (b) trains, taken at the start of fit with the same initial
 weights and an optimizer of the same type and hyperparameters, on data.load's tensors. Its epochs run
 inside the (b) run, one at each of its epoch ends and left out of its time, so machine load hits (a)
-and (b) alike ((c) is compared with the same (a) epochs). An epoch of a run lasts from one train-epoch
+and (b) alike ((c) and (d) are compared with the same (a) epochs). An epoch of a run lasts from one train-epoch
 start to the next (the last: to the end of training): training, validation, the probes, the MLflow
 writes. Each run (and (a)) has one warm-up epoch, then figures are medians over --epochs epochs.
 
@@ -44,6 +47,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from normexp import data, train
+from normexp.module import Classifier
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -133,6 +137,38 @@ class EpochClock(pl.Callback):
         self._close_epoch(time.perf_counter())
 
 
+class BareLightning(Classifier):
+    """(d): Classifier's model and optimizer, and nothing else: no metrics, no logging."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        pass  # Classifier's logs the epoch's means
+
+    def on_validation_epoch_end(self):
+        pass
+
+
+def bare_lightning(cfg, clock: "EpochClock") -> float:
+    """Fit (d) on cfg's data and model (the same seed: the same initial weights as the runs); its last
+    epoch's val accuracy is not computed (nan)."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    splits, model = train.prepare(cfg)
+    batch_size = cfg.dataset.batch_size
+    pl.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=1,
+               deterministic=cfg.trainer.deterministic, logger=False, callbacks=[clock], enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(
+        BareLightning(model, cfg.optim),
+        data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed),
+        data.Batches(splits.val, batch_size, shuffle=False, drop_last=False))
+    return float("nan")
+
+
 def matmul_flops(n: int) -> float:
     """FLOP/s of a large float32 torch.matmul on this machine: the best of a few."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -217,6 +253,9 @@ def main():
                 for mode, probes, clock in (("(b) run", True, with_plain), ("(c) no probes", False, EpochClock())):
                     outcome = train.run(config(norm, batch_size, probes), callbacks=[clock])
                     rows[mode] = (clock.epoch_s[1:], clock.val_s[1:], clock.threads, outcome.final_val_acc)
+                clock = EpochClock()
+                acc = bare_lightning(config(norm, batch_size, False), clock)
+                rows["(d) bare"] = (clock.epoch_s[1:], clock.val_s[1:], clock.threads, acc)
                 plain = with_plain.plain
                 plain_epochs = [t + v for t, v in zip(plain.train_s[1:], plain.val_s[1:])]  # the first: warm-up
                 plain_train, plain_epoch = median(plain.train_s[1:]), median(plain_epochs)

@@ -88,3 +88,10 @@ def test_sequence_pairs_variable_with_fixed_length_per_norm():
     assert verdict.startswith("partly: LN trains at any length, masked BN falls behind it. Final val accuracy at variable "
                               "- fixed length, per seed: none -0.050")
     assert verdict.endswith("At variable length, bn - ln: -0.010, 95% CI -0.010..-0.010 (n=3).")
+
+
+def test_every_preset_says_how_make_answers_shortens_it():
+    for question in answers.QUESTIONS:
+        text = (answers.tracking.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
+        said = f"over seeds 0,1,2 with {' '.join(question.shrink)}:" if question.shrink else "as it is, over seeds 0,1,2"
+        assert f"# make answers runs it {said}" in text, question.preset

@@ -17,7 +17,7 @@ def test_epoch_time_tiny_prints_every_mode_for_both_norms():
     assert lines[0].startswith("data: digits"), lines[0]
     rows = [line.split() for line in lines if line.startswith("(")]
     assert [(" ".join(r[:-12]), r[-12], r[-11]) for r in rows] == [
-        (mode, norm, "128") for norm in ("none", "bn") for mode in ("(a) plain", "(b) run", "(c) no probes")]
+        (mode, norm, "128") for norm in ("none", "bn") for mode in ("(a) plain", "(b) run", "(c) no probes", "(d) bare")]
     for row in rows:
         train_s, val_s, epoch_s, ratio = map(float, row[-9:-5])
         assert epoch_s > 0 and train_s > 0 and val_s >= 0 and ratio > 0

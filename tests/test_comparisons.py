@@ -15,6 +15,18 @@ def run(norm: str, lr: str = "0.01", seed: int = 0, final: float = 0.9, converge
                    metrics, diverged_at is not None, diverged_at, converged and diverged_at is None, [], [])
 
 
+def test_the_convergence_table_says_when_runs_were_timed_in_parallel():
+    keys = ["norm.kind"]
+    alone = comparisons.convergence_table(group([run("none"), run("bn")], keys), keys, "0.95")
+    assert alone.header[-2:] == ["s/epoch", "train s/epoch"] and not alone.notes
+    shared = [run("none"), run("bn")]
+    shared[1].jobs_at_once = 4
+    table = comparisons.convergence_table(group(shared, keys), keys, "0.95")
+    assert table.notes == ["s/epoch: timed with up to 4 jobs sharing the CPUs (a parallel sweep): not comparable "
+                           "with runs timed alone"]
+    assert [r["jobs_at_once"] for r in table.records] == [1, 4]
+
+
 def test_verdict_of_one_seed_and_of_several():
     assert comparisons.verdict([run("bn", final=0.973)], with_acc=True) == "yes (0.973)"
     assert comparisons.verdict([run("none", final=math.nan, diverged_at=37)], with_acc=True) == "no (diverged @ step 37)"

@@ -89,6 +89,11 @@ def test_run_records_params_tags_config_and_epoch_metrics(compose_cfg, mlflow_cl
     assert "lr: 0.01" in open(config).read()
     assert run.data.tags["diverged"] == "false" and run.data.metrics["outcome/epochs"] == 3
     assert run.data.tags["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert run.data.tags["jobs_at_once"] == "1"  # a run of its own: its timings are comparable with other serial ones
+    epoch_s, train_s = (sorted((m.step, m.value) for m in mlflow_client.get_metric_history(outcome.run_id, key))
+                        for key in ("time/epoch_s", "time/train_s"))
+    assert [step for step, _ in train_s] == [1, 2, 3]
+    assert all(0 < train < epoch for (_, epoch), (_, train) in zip(epoch_s, train_s))  # validation takes time
 
 
 def test_a_diverging_run_ends_finished_with_the_step(compose_cfg, mlflow_client):
@@ -184,7 +189,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_identical_metrics(compose
 
     def per_epoch(run_id: str) -> dict[str, dict[int, float]]:
         keys = [k for k in mlflow_client.get_run(run_id).data.metrics if not k.startswith(("time/", "inference/"))
-                and k != "outcome/epoch_s"]
+                and k not in ("outcome/epoch_s", "outcome/train_s")]
         # A step of the epoch the kill interrupted may be logged twice, with the same value.
         return {k: {m.step: m.value for m in mlflow_client.get_metric_history(run_id, k)} for k in keys}
 

@@ -64,20 +64,28 @@ class DivergenceGuard(pl.Callback):
 
 
 class EpochHistory(pl.Callback):
-    """Records each epoch's logged metrics and wall time (validation included); logs `time/epoch_s`."""
+    """Records each epoch's logged metrics and wall times; logs `time/epoch_s` (the epoch: training,
+    validation and the epoch-end work of every callback) and `time/train_s` (the same without validation)."""
 
     def __init__(self):
         self.epochs: list[dict[str, float]] = []  # one dict per epoch: {'train/loss': ..., 'val/acc': ...}
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start, self._validation_s = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        self._validation_s += time.perf_counter() - self._validation_start
 
     def on_train_epoch_end(self, trainer, pl_module):
+        # Validation runs inside the training epoch, so its time and metrics are already here.
         seconds = time.perf_counter() - self._start
-        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
-        # Validation runs inside the training epoch, so its metrics are already here.
+        times = {"time/epoch_s": seconds, "time/train_s": seconds - self._validation_s}
+        trainer.logger.log_metrics(times, step=trainer.current_epoch + 1)  # stepped by epoch, as every metric
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("train", "val")}
-        self.epochs.append(metrics | {"time/epoch_s": seconds})
+        self.epochs.append(metrics | times)
 
     def state_dict(self) -> dict:  # a resumed run's outcome covers its earlier epochs too
         return {"epochs": self.epochs}

@@ -54,19 +54,25 @@ def _summary(variant: Variant, keys: list[str]) -> dict:
         **numbers("final_train_acc", [r.metric("train/acc") for r in runs]),
         **numbers("train_val_gap", [r.metric("outcome/train_val_gap") for r in runs]),
         **numbers("epoch_s", [r.metric("outcome/epoch_s") for r in runs]),
+        **numbers("train_s", [r.metric("outcome/train_s") for r in runs]),
+        "jobs_at_once": max(r.jobs_at_once for r in runs),
     })
 
 
 def convergence_table(variants: list[Variant], keys: list[str], target: str) -> Table:
     header = [column(k) for k in keys] + ["seeds", "converged", f"epochs to val acc ≥ {target}",
-                                          "final val acc", "best val acc", "train-val gap", "s/epoch"]
+                                          "final val acc", "best val acc", "train-val gap", "s/epoch", "train s/epoch"]
     rows = [[v.values[k] for k in keys] + [
         str(len(v.runs)), verdict(v.runs, with_acc=False), _epochs_to_target(v.runs),
         shown([r.metric("outcome/final_val_acc") for r in v.runs]),
         shown([r.metric("outcome/best_val_acc") for r in v.runs]),
         shown([r.metric("outcome/train_val_gap") for r in v.runs]),
-        shown([r.metric("outcome/epoch_s") for r in v.runs])] for v in variants]
-    return Table("convergence", "Convergence per variant", header, rows, [_summary(v, keys) for v in variants])
+        shown([r.metric("outcome/epoch_s") for r in v.runs]),
+        shown([r.metric("outcome/train_s") for r in v.runs])] for v in variants]
+    shared = max((r.jobs_at_once for v in variants for r in v.runs), default=1)
+    notes = [f"s/epoch: timed with up to {shared} jobs sharing the CPUs (a parallel sweep): not comparable with "
+             "runs timed alone"] if shared > 1 else []
+    return Table("convergence", "Convergence per variant", header, rows, [_summary(v, keys) for v in variants], notes)
 
 
 def _paired(plain: list[RunData], normed: list[RunData], value) -> list[tuple]:

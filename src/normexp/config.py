@@ -198,6 +198,7 @@ class ProbesConfig:
     undo_beta_tol: float = MISSING
     inference_batch_size: int = MISSING
     inference_repeats: int = MISSING
+    gradient_every: int = MISSING
 
 
 @dataclass

@@ -45,6 +45,12 @@ class DataSplits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])  # (C, H, W)
 
+    def move_to(self, device: torch.device) -> None:
+        """Every split onto `device`, in place (Batches over them follow): on a GPU, batches are then
+        slices of device memory, with no host-to-device copy per batch."""
+        for split in (self.train, self.val, self.test):
+            split.x, split.y = split.x.to(device), split.y.to(device)
+
 
 class Batches:
     """Iterates over (x, y) slices of a split; a new seeded permutation each pass when shuffling.
@@ -69,6 +75,7 @@ class Batches:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
+        order = order.to(self.split.x.device)  # (n,); the permutation itself is drawn on the CPU: seeded alike everywhere
         self.passes += 1
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -92,7 +99,7 @@ def load(cfg, seed: int) -> DataSplits:
     train, val = _split_off(*pool, cfg.val_fraction, seed + 1)
     train = _subset(train, cfg, seed + 2)
     standardize = _standardizer(cfg)
-    splits = [Split(standardize(x), torch.as_tensor(y, dtype=torch.int64)) for x, y in (train, val, test)]
+    splits = [Split(standardize(x), torch.from_numpy(y.astype(np.int64))) for x, y in (train, val, test)]
     for name, split in zip(("train", "val", "test"), splits):
         if not len(split):
             raise ConfigError(f"the {name} split of {cfg.name} is empty; raise dataset.val_fraction (or "
@@ -109,7 +116,7 @@ def _standardizer(cfg):
     std = torch.tensor(list(cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
 
     def standardize(images: np.ndarray) -> torch.Tensor:  # (N, C, H, W) raw pixel values
-        return (torch.as_tensor(images, dtype=torch.float32) / cfg.max_value - mean) / std
+        return (torch.from_numpy(images.astype(np.float32)) / cfg.max_value - mean) / std  # a copy: the raw arrays are shared
 
     return standardize
 

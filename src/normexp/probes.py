@@ -261,9 +261,9 @@ def make_callbacks(cfg, val) -> list[pl.Callback]:
     """The probes for one run; `cfg` is the probes config group, `val` the validation Split."""
     if cfg.probe_batch_size < 2:  # BatchNorm's train-mode output needs two examples
         raise ConfigError(f"probes.probe_batch_size={cfg.probe_batch_size} must be >= 2; e.g. probes.probe_batch_size=256")
-    for key in ("inference_batch_size", "inference_repeats"):
+    for key in ("inference_batch_size", "inference_repeats", "gradient_every"):
         if cfg[key] < 1:
             raise ConfigError(f"probes.{key}={cfg[key]} must be >= 1; e.g. probes.{key}=10")
     probe_x = val.x[: cfg.probe_batch_size]  # (N, C, H, W): the same examples every epoch
     return [ParameterTable(), NormProbe(cfg.undo_gamma_tol, cfg.undo_beta_tol), ActivationProbe(probe_x, cfg.histogram_bins),
-            GradientFlow(MetricBuffer(WRITE_EVERY_S))]
+            GradientFlow(MetricBuffer(WRITE_EVERY_S), cfg.gradient_every)]

@@ -108,6 +108,7 @@ def load_runs(client: MlflowClient, runs: list) -> tuple[list[RunData], list[str
             converged=tags.get("converged") == "true",
             train_loss=_history(client, run.info.run_id, "train/loss"),
             val_acc=_history(client, run.info.run_id, "val/acc"),
+            jobs_at_once=int(tags.get("jobs_at_once", 1)),
         ))
     return loaded, left_out
 

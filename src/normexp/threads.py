@@ -31,12 +31,22 @@ def sweep_jobs_at_once() -> int:
     return n_jobs if n_jobs > 0 else max(1, cpus() + 1 + n_jobs)
 
 
+_sharing = 1  # the jobs_at_once of the last use(): a run's timings are only comparable with runs timed alike
+
+
+def sharing() -> int:
+    """How many jobs this process shares the machine's CPUs with (itself included), as use() was told."""
+    return _sharing
+
+
 def per_job(jobs_at_once: int, cpu_count: int) -> int:
     return max(1, cpu_count // jobs_at_once)
 
 
 def use(jobs_at_once: int) -> int:
     """Set torch's threads for one of `jobs_at_once` jobs on this machine; returns the number."""
+    global _sharing
+    _sharing = jobs_at_once
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
         count = int(explicit)

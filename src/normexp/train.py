@@ -12,7 +12,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 import torch
 from torch import nn
 
-from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, sweep, tracking
+from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, sweep, threads, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
@@ -41,6 +41,7 @@ class Outcome:
     final_val_acc: float
     train_val_gap: float            # final train accuracy - final val accuracy
     epoch_s: float                  # mean wall seconds per epoch, validation included
+    train_s: float                  # the same without validation
     epochs: int                     # epochs trained (fewer than max_epochs when diverged)
     test_acc: float
     val_acc_curve: list[float] = field(repr=False)
@@ -111,6 +112,8 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             num_sanity_val_steps=0,
             log_every_n_steps=1,  # metrics are epoch means; this only silences a warning on small data
         )
+        if trainer.strategy.root_device.type != "cpu":
+            splits.move_to(trainer.strategy.root_device)
         classifier = Classifier(model, cfg.optim)
         trainer.fit(classifier, train_dataloaders=train_batches,
                     val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
@@ -157,6 +160,7 @@ def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, te
         final_val_acc=final.get("val/acc", math.nan),
         train_val_gap=final.get("train/acc", math.nan) - final.get("val/acc", math.nan),
         epoch_s=sum(history.curve("time/epoch_s")) / max(1, len(history.epochs)),
+        train_s=sum(history.curve("time/train_s")) / max(1, len(history.epochs)),
         epochs=len(history.epochs),
         test_acc=float(test_acc),
         val_acc_curve=val_acc,
@@ -168,13 +172,14 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
     tracking.set_tags(client, run_id, {
         "device": device,
         "threads": torch.get_num_threads(),  # normexp.threads: CPUs shared by the jobs at once; s/epoch depends on it
+        "jobs_at_once": threads.sharing(),   # > 1: timed while other jobs shared the CPUs (reports say so)
         "diverged": str(outcome.diverged).lower(),
         "converged": str(outcome.converged).lower(),
         **({"diverged_at_step": outcome.diverged_at_step, "diverged_reason": outcome.diverged_reason}
            if outcome.diverged else {}),
     })
     figures = {k: v for k, v in asdict(outcome).items()
-               if k in ("best_val_acc", "final_val_acc", "train_val_gap", "epoch_s", "epochs",
+               if k in ("best_val_acc", "final_val_acc", "train_val_gap", "epoch_s", "train_s", "epochs",
                         "diverged_at_step", "epochs_to_target")
                and v is not None}
     tracking.log_metrics(client, run_id, {f"outcome/{k}": v for k, v in figures.items()})

@@ -36,6 +36,7 @@ class RunData:
     converged: bool
     train_loss: list[float]     # per epoch; [0] is epoch 1
     val_acc: list[float]
+    jobs_at_once: int = 1       # > 1: timed while other jobs shared the CPUs (tag jobs_at_once)
 
     def metric(self, key: str) -> float:
         return self.metrics.get(key, math.nan)
