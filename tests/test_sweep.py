@@ -141,9 +141,10 @@ def test_ctrl_c_in_a_joblib_search_sweep_fails_the_trials_and_kills_the_runs(tmp
     assert sorted(r.info.status for r in runs if "trial" not in r.info.run_name) == ["KILLED"] * 3  # sweep, 2 studies
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        # Each worker tells its trial FAIL on the way out; if the interrupt lands before it can (a race seen
-        # about once in two full runs under load), the trial's worker is gone, and the next search command
-        # fails it first thing (workers.fail_lost), before it plans: either way no rate is left claimed.
+        # Each worker tells its trial FAIL on the way out, from its claim on; an interrupt landing inside
+        # Optuna's ask (the trial's row written, the trial not yet returned) leaves a trial whose worker is
+        # gone, and the next search command fails it first thing (workers.fail_lost), before it plans:
+        # either way no rate is left claimed.
         workers.fail_lost(study, lease_s=60)
         assert [t.state.name for t in study.trials] == ["FAIL"]
 

@@ -86,16 +86,20 @@ def claim(study: optuna.Study, cfg, phase: str, lr: float | None) -> optuna.Tria
         trial = study.ask({"lr": FloatDistribution(cfg.search.lr_min, cfg.search.lr_max, log=True)})
     finally:
         study.sampler = sampler
-    lease = time.time() + cfg.tracking.lease_s
-    for key, value in {WORKER_ATTR: worker_id(), LEASE_ATTR: lease, "phase": phase}.items():
-        trial.set_user_attr(key, value)
-    lr = trial.params["lr"]
-    first = min(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, *DECIDED))
-                if math.isclose(t.params.get("lr", math.nan), lr, rel_tol=1e-9))
-    if first != trial.number:
-        trial.set_user_attr("duplicate_of", first)
+    try:  # an interrupt from here on (Ctrl-C during these writes) leaves no rate claimed
+        lease = time.time() + cfg.tracking.lease_s
+        for key, value in {WORKER_ATTR: worker_id(), LEASE_ATTR: lease, "phase": phase}.items():
+            trial.set_user_attr(key, value)
+        lr = trial.params["lr"]
+        first = min(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, *DECIDED))
+                    if math.isclose(t.params.get("lr", math.nan), lr, rel_tol=1e-9))
+        if first != trial.number:
+            trial.set_user_attr("duplicate_of", first)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return None
+    except BaseException:
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return None
+        raise
     return trial
 
 
