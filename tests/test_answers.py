@@ -31,7 +31,7 @@ def test_batch_size_holds_when_only_bn_loses_accuracy_at_the_smallest_batch():
 def test_one_preset_is_answered_into_the_readme_between_the_markers(tmp_path, tracking_uri):
     readme = tmp_path / "README.md"
     readme.write_text(f"# before\n{answers.START}\nold answers\n{answers.END}\n# after\n")
-    answers.main(["--only", "convergence", "--seeds", "0,1", "--set", "dataset=digits", "--set", "trainer.max_epochs=2",
+    answers.main(["--only", "convergence", "--seeds", "0,1", "--jobs", "1", "--set", "dataset=digits", "--set", "trainer.max_epochs=2",
                   "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(tmp_path / "docs")])
     text = readme.read_text()
     assert text.startswith("# before\n") and text.endswith(f"{answers.END}\n# after\n") and "old answers" not in text
