@@ -1,6 +1,7 @@
 """Seconds per epoch of one model on one data set: a plain PyTorch loop vs train.run.
 
     python benchmarks/epoch_time.py [--tiny] [--threads N] [--epochs 3] [--batch-sizes 32 128 512] [--norms none bn]
+                                    [--compile]
 
   (a) plain   forward + backward + optimizer step over shuffled slices of the in-memory tensors,
               then a validation pass in eval mode: the floor for this model on this machine
@@ -9,6 +10,8 @@
   (d) bare    the same model and optimizer in a LightningModule that only computes the loss, in a
               Trainer with no logger and no callback but the clock: Lightning's own cost per step, the
               floor of any Trainer-based run (train.run's own work is what (b) and (c) add to it)
+  (e) compiled  with --compile: (a) over torch.compile(model) (the default inductor backend; the
+              warm-up epoch includes compiling): whether trainer-independent compilation pays off here
 
 (a) trains a copy of the very model (b) trains, taken at the start of fit with the same initial
 weights and an optimizer of the same type and hyperparameters, on data.load's tensors. Its epochs run
@@ -207,6 +210,7 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 32 128 512 (--tiny: 128)")
     parser.add_argument("--norms", nargs="+", default=["none", "bn"])
     parser.add_argument("--train-size", type=int, default=None, help="keep this many training images (default all)")
+    parser.add_argument("--compile", action="store_true", help="add (e): the plain loop over torch.compile(model)")
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error(f"--epochs {args.epochs}: use 3 or more (the figures are medians)")
@@ -260,6 +264,13 @@ def main():
                 plain_epochs = [t + v for t, v in zip(plain.train_s[1:], plain.val_s[1:])]  # the first: warm-up
                 plain_train, plain_epoch = median(plain.train_s[1:]), median(plain_epochs)
                 rows = {"(a) plain": (plain_epochs, plain.val_s[1:], {args.threads}, plain.val_acc)} | rows
+                if args.compile:
+                    compiled = PlainLoop(plain.model, plain.optimizer, splits, batch_size, base_cfg.seed)
+                    compiled.model = torch.compile(compiled.model)  # the optimizer holds the same parameters
+                    for _ in range(1 + args.epochs):
+                        compiled.epoch()
+                    rows["(e) compiled"] = ([t + v for t, v in zip(compiled.train_s[1:], compiled.val_s[1:])],
+                                            compiled.val_s[1:], {args.threads}, compiled.val_acc)
 
                 x, y = splits.train.x[:batch_size], splits.train.y[:batch_size]
                 train_flops, eval_flops = model_flops(plain.model, x, y)

@@ -1,5 +1,7 @@
 """normexp.answers: the verdicts on hand-made runs, and one preset answered end to end into a README."""
 
+import pytest
+
 from normexp import answers
 from normexp.variants import RunData
 
@@ -39,6 +41,17 @@ def test_one_preset_is_answered_into_the_readme_between_the_markers(tmp_path, tr
     assert "**Claim:** BN trains 2-10x faster. **Verdict:** " in text
     assert "| bn |" in text and "(paired by seed)" in text
     assert (tmp_path / "docs" / "convergence.png").stat().st_size > 0
+    assert "`python -m normexp.train -m experiment=convergence seed=0,1 trainer.max_epochs=15 dataset=digits " \
+           "trainer.max_epochs=2` (" in text  # the command as typed, from the sweep's record
+    verdict = next(line for line in text.splitlines() if line.startswith("**Claim:**"))
+
+    # --from-runs: the same answer from the stored sweep, nothing trained again
+    answers.main(["--only", "convergence", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme),
+                  "--docs", str(tmp_path / "docs")])
+    again = readme.read_text()
+    assert "written again from those runs (`--from-runs`)" in again and verdict in again.splitlines()
+    with pytest.raises(SystemExit, match="no finished sweep of experiment 'placement'"):
+        answers.main(["--only", "placement", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme)])
 
 
 def test_init_scale_holds_when_only_the_norms_converge_at_every_scale():
@@ -82,12 +95,20 @@ def test_bn_momentum_holds_only_when_the_small_momentum_is_clearly_worse_on_both
 
 
 def test_sequence_pairs_variable_with_fixed_length_per_norm():
-    runs = [run(s, k, None, acc - (0.05 if variable == "True" else 0) + s * 0.01, **{"dataset.variable_length": variable})
-            for s in range(3) for k, acc in (("none", 0.80), ("bn", 0.85), ("ln", 0.86)) for variable in ("False", "True")]
-    verdict = answers.sequence(runs)
+    # Accuracy lost at variable length per seed: LN none beyond noise, BN and no norm 0.05.
+    lost = {"none": (0.05, 0.05, 0.05), "bn": (0.05, 0.05, 0.05), "ln": (0.01, -0.01, 0.0)}
+    fixed = {"none": 0.80, "bn": 0.85, "ln": 0.86}
+
+    def runs_with(lost):
+        return [run(s, k, None, fixed[k] - (lost[k][s] if variable == "True" else 0), **{"dataset.variable_length": variable})
+                for s in range(3) for k in fixed for variable in ("False", "True")]
+
+    verdict = answers.sequence(runs_with(lost))
     assert verdict.startswith("partly: LN trains at any length, masked BN falls behind it. Final val accuracy at variable "
                               "- fixed length, per seed: none -0.050")
-    assert verdict.endswith("At variable length, bn - ln: -0.010, 95% CI -0.010..-0.010 (n=3).")
+    assert verdict.endswith("At variable length, bn - ln: -0.060, 95% CI -0.085..-0.035 (n=3).")
+    assert answers.sequence(runs_with(lost | {"ln": (0.05, 0.04, 0.06)})).startswith(
+        "not on this setup: LN loses accuracy at variable length")
 
 
 def test_every_preset_says_how_make_answers_shortens_it():
@@ -95,3 +116,13 @@ def test_every_preset_says_how_make_answers_shortens_it():
         text = (answers.tracking.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
         said = f"over seeds 0,1,2 with {' '.join(question.shrink)}:" if question.shrink else "as it is, over seeds 0,1,2"
         assert f"# make answers runs it {said}" in text, question.preset
+
+
+def test_norms_cnn_is_judged_on_final_accuracy_paired_with_none():
+    gains = {"none": (0, 0, 0), "bn": (0.05, 0.06, 0.04), "ln": (0.02, 0.025, 0.03), "gn": (0.01, -0.01, 0.0)}
+    runs = [run(s, k, None, 0.80 + g[s]) for k, g in gains.items() for s in range(3)]  # no run reached the target
+    assert answers.norms_cnn(runs).startswith("partly: only bn, ln; the largest mean gain is bn's. Final val accuracy, "
+                                              "norm - none, per seed: bn +0.050, 95% CI +0.025..+0.075 (n=3); gn +0.000, 95% CI")
+    gains["gn"] = (0.02, 0.03, 0.025)
+    runs = [run(s, k, None, 0.80 + g[s]) for k, g in gains.items() for s in range(3)]
+    assert answers.norms_cnn(runs).startswith("holds; the largest mean gain is bn's.")

@@ -39,8 +39,9 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self(x)  # (N, num_classes)
         loss = F.cross_entropy(logits, y)
-        sums = self._sums.setdefault(stage, torch.zeros(3, device=loss.device))
-        sums += torch.stack([loss.detach() * len(y), (logits.argmax(dim=1) == y).sum(), loss.new_tensor(len(y))])
+        if stage not in self._sums:  # (setdefault would allocate a tensor every step)
+            self._sums[stage] = torch.zeros(3, device=loss.device)
+        self._sums[stage] += torch.stack([loss.detach() * len(y), (logits.argmax(dim=1) == y).sum(), loss.new_tensor(len(y))])
         return loss
 
     def _log_means(self, stage: str) -> None:
