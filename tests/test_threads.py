@@ -25,5 +25,7 @@ def test_use_sets_torch_and_an_explicit_omp_num_threads_wins(monkeypatch):
         assert threads.use(1) == torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         assert threads.use(2) == torch.get_num_threads() == 3
+        assert threads.sharing() == 2  # what the run's tag jobs_at_once records
     finally:
-        torch.set_num_threads(1)  # as conftest set it for the other tests
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        threads.use(1)  # alone, one thread: as conftest set it for the other tests
