@@ -83,17 +83,12 @@ def placement(runs: list[RunData]) -> str:
     return f"{word[_clear(diffs, 0)]}. Final val accuracy, before - after the ReLU, per seed: {_ci(diffs)}."
 
 
-def _each_norm_faster(runs: list[RunData]) -> tuple[dict[str, list[float]], str]:
+def norms(runs: list[RunData]) -> str:
     plain = _runs(runs, {"norm.kind": "none"})
     kinds = sorted({r.params["norm.kind"] for r in runs} - {"none"})
     speedups = {k: _paired(plain, _runs(runs, {"norm.kind": k}), _speedup) for k in kinds}
     faster = [k for k in kinds if _clear(speedups[k], 1) > 0]
     word = "holds" if len(faster) == len(kinds) else f"partly: only {', '.join(faster)}" if faster else "not on this setup"
-    return speedups, word
-
-
-def norms(runs: list[RunData]) -> str:
-    speedups, word = _each_norm_faster(runs)
     return f"{word}. Speedup over none per seed: " + "; ".join(f"{k} {_ci(v, '.2f')}" for k, v in speedups.items()) + "."
 
 
