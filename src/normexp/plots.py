@@ -22,11 +22,21 @@ def log_figure(client, run_id: str, fig: Figure, artifact_file: str) -> None:
         plt.close(fig)
 
 
+def _margins(fig: Figure, top: float = 0.45, right: float = 0.25, wspace: float = 0.3, hspace: float = 0.55) -> None:
+    """Fixed margins in inches (top: room for titles; ~0.4 more for a suptitle), instead of a layout
+    engine for the figures drawn for every run: constrained layout measures every text to place the
+    axes, which made drawing them ~40% slower (benchmarks/run_overhead.py's wrap-up)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=0.75 / width, right=1 - right / width, bottom=0.55 / height, top=1 - top / height,
+                        wspace=wspace, hspace=hspace)
+
+
 # ---- Training curves ---------------------------------------------------------------------------
 
 def curves(epochs: list[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train and val; `epochs` as EpochHistory.epochs ({'train/loss': ...})."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    _margins(fig)
     x = np.arange(1, len(epochs) + 1)
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
         for stage, style in (("train", "-"), ("val", "--")):
@@ -43,7 +53,8 @@ def curves(epochs: list[dict[str, float]]) -> Figure:
 
 def gamma_beta_histograms(params: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """Histograms of the learned gamma (scale) and beta (shift) over features, one outline per norm layer."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    _margins(fig, top=0.8)
     for index, (ax, name, neutral) in enumerate(((axes[0], "gamma", 1.0), (axes[1], "beta", 0.0))):
         for layer, pair in params.items():
             values = pair[index]
@@ -79,7 +90,8 @@ def activation_evolution(layers: dict[str, HistogramSeries], what: str = "pre-ac
     """One panel per layer: the distribution of `what` on the probe batch after each epoch."""
     columns = min(len(layers), 4)
     rows = -(-len(layers) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False)
+    _margins(fig, top=0.8, wspace=0.45)
     for ax, (layer, series) in zip(axes.flat, layers.items()):
         colors = _draw_evolution(ax, series)
         ax.set_title(layer)
@@ -105,7 +117,8 @@ def activation_evolution_pair(left: HistogramSeries, right: HistogramSeries, lab
 
 def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: str) -> Figure:
     """One layer's values entering and leaving its norm, at the first and the last probed epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    _margins(fig)
     for ax, series, title in ((axes[0], before, "before norm (input)"), (axes[1], after, "after norm (output)")):
         for index, style in ((0, ":"), (-1, "-")):
             centres, density = _densities(series.edges[index], series.counts[index])
@@ -121,7 +134,8 @@ def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: st
 def gradient_flow(epochs: list[int], norms: dict[str, list[float]], ratios: dict[str, list[float]]) -> Figure:
     """Gradient norm and update/weight ratio per hidden block (x: 1 = nearest the input), one line per
     epoch, dark (first) to bright (last); norms[layer] and ratios[layer] hold one value per epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    _margins(fig, top=0.8, wspace=0.35)
     colors = ScalarMappable(Normalize(epochs[0], max(epochs[-1], epochs[0] + 1)), "viridis")
     position = np.arange(1, len(norms) + 1)
     for ax, values, title in ((axes[0], norms, "gradient norm ||dL/dW||"),
