@@ -151,7 +151,7 @@ class BareLightning(Classifier):
         self(batch[0])
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        pass  # Classifier's logs the epoch's means
+        pass  # Classifier's hook logs the epoch's means
 
     def on_validation_epoch_end(self):
         pass
