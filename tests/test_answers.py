@@ -32,6 +32,6 @@ def test_one_preset_is_answered_into_the_readme_between_the_markers(tmp_path, tr
 
 def test_every_preset_says_how_make_answers_shortens_it():
     for question in answers.QUESTIONS:
-        text = (answers.tracking.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
+        text = (answers.stores.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
         said = f"over seeds 0,1,2 with {' '.join(question.shrink)}:" if question.shrink else "as it is, over seeds 0,1,2"
         assert f"# make answers runs it {said}" in text, question.preset

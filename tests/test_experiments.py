@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from normexp import data, models, train
 from normexp.module import check_optim
-from normexp.tracking import PROJECT_ROOT
+from normexp.stores import PROJECT_ROOT
 
 from .conftest import CONF_DIR
 

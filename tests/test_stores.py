@@ -1,14 +1,23 @@
 """normexp.stores: real SQLite stores shared by processes: a new store opened by several at once, WAL mode,
-and a write that outlasts a lock held longer than MLflow's own 20 s wait."""
+and a write that outlasts a lock held longer than MLflow's own 20 s wait; where the tracking store is,
+and the check that refuses one that cannot be used."""
 
 import logging
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
 
 from normexp import stores
+from normexp.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 OPEN_AND_WRITE = """
 import sys
@@ -56,3 +65,36 @@ def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog)
     holder.join()
     assert "MLflow store locked during set_tag" in caplog.text
     assert client.get_run(run_id).data.tags["written"] == "after the lock"
+
+
+def test_default_store_is_the_project_root_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    default = OmegaConf.create({"uri": None, "artifact_root": None, "experiment": "x"})
+    assert stores.tracking_uri(default) == f"sqlite:///{REPO / 'mlflow.db'}"
+    assert stores.artifact_root(default) == (REPO / "mlruns").as_uri()
+    other = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/a/b.db", "artifact_root": None})
+    assert stores.artifact_root(other) == (tmp_path / "a" / "mlruns").as_uri()
+    assert stores.artifact_root(OmegaConf.create({"uri": "http://127.0.0.1:5000", "artifact_root": None})) is None
+
+
+def test_check_refuses_an_unusable_store_within_seconds(tmp_path):
+    def cfg(**values):
+        return OmegaConf.create({"uri": None, "artifact_root": None, "experiment": "x", "heartbeat_s": 10,
+                                 "lease_s": 60} | values)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=f"tracking.uri=http://127.0.0.1:{port} does not answer"):
+        stores.check(cfg(uri=f"http://127.0.0.1:{port}"))
+    assert time.monotonic() - start < stores.SERVER_TIMEOUT_S + 5
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot write to .*file/x \(Not a directory\)"):
+        stores.check(cfg(uri=f"sqlite:///{tmp_path}/file/x/mlflow.db"))
+    with pytest.raises(ConfigError, match=r"tracking.artifact_root=/proc/normexp: cannot write to /proc/normexp"):
+        stores.check(cfg(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root="/proc/normexp"))
+    with pytest.raises(ConfigError, match="need 0 < heartbeat_s < lease_s"):
+        stores.check(cfg(heartbeat_s=10, lease_s=5))
+    stores.check(cfg(uri=f"sqlite:///{tmp_path}/new/folder/mlflow.db"))  # a new folder is made
+    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())

@@ -1,4 +1,3 @@
-import socket
 import subprocess
 import sys
 import time
@@ -10,19 +9,6 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from normexp import tracking, train
-from normexp.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def test_default_store_is_the_project_root_whatever_the_working_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    default = OmegaConf.create({"uri": None, "artifact_root": None, "experiment": "x"})
-    assert tracking.tracking_uri(default) == f"sqlite:///{REPO / 'mlflow.db'}"
-    assert tracking.artifact_root(default) == (REPO / "mlruns").as_uri()
-    other = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/a/b.db", "artifact_root": None})
-    assert tracking.artifact_root(other) == (tmp_path / "a" / "mlruns").as_uri()
-    assert tracking.artifact_root(OmegaConf.create({"uri": "http://127.0.0.1:5000", "artifact_root": None})) is None
 
 
 def test_flat_params_use_dotted_keys():
@@ -133,26 +119,3 @@ def test_a_sigkilled_training_run_is_ended_killed_by_the_next_command(compose_cf
     killed = mlflow_client.get_run(killed.info.run_id)
     assert killed.info.status == "KILLED" and killed.data.tags["killed_reason"].startswith("lease expired at ")
     assert mlflow_client.get_run(outcome.run_id).info.status == "FINISHED"
-
-
-def test_check_refuses_an_unusable_store_within_seconds(tmp_path):
-    def cfg(**values):
-        return OmegaConf.create({"uri": None, "artifact_root": None, "experiment": "x", "heartbeat_s": 10,
-                                 "lease_s": 60} | values)
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    start = time.monotonic()
-    with pytest.raises(ConfigError, match=f"tracking.uri=http://127.0.0.1:{port} does not answer"):
-        tracking.check(cfg(uri=f"http://127.0.0.1:{port}"))
-    assert time.monotonic() - start < tracking.SERVER_TIMEOUT_S + 5
-    (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"cannot write to .*file/x \(Not a directory\)"):
-        tracking.check(cfg(uri=f"sqlite:///{tmp_path}/file/x/mlflow.db"))
-    with pytest.raises(ConfigError, match=r"tracking.artifact_root=/proc/normexp: cannot write to /proc/normexp"):
-        tracking.check(cfg(uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root="/proc/normexp"))
-    with pytest.raises(ConfigError, match="need 0 < heartbeat_s < lease_s"):
-        tracking.check(cfg(heartbeat_s=10, lease_s=5))
-    tracking.check(cfg(uri=f"sqlite:///{tmp_path}/new/folder/mlflow.db"))  # a new folder is made
-    assert (tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())

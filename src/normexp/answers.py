@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from normexp import report, sweep, threads, tracking, verdicts
+from normexp import report, stores, sweep, threads, verdicts
 from normexp.errors import ConfigError
 from normexp.variants import RunData, variant_keys
 
 START, END = "<!-- answers:start (make answers rewrites this section) -->", "<!-- answers:end -->"
-DOCS = tracking.PROJECT_ROOT / "docs" / "answers"
+DOCS = stores.PROJECT_ROOT / "docs" / "answers"
 
 
 @dataclass
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-runs", action="store_true",
                         help="train nothing: judge each preset's newest finished sweep in the store again")
     parser.add_argument("--tracking-uri", default=report.default_tracking_uri())
-    parser.add_argument("--readme", type=Path, default=tracking.PROJECT_ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, default=stores.PROJECT_ROOT / "README.md")
     parser.add_argument("--docs", type=Path, default=DOCS)
     args = parser.parse_args(argv)
     questions = [q for q in QUESTIONS if not args.only or q.preset in args.only]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from normexp import tracking
+from normexp import stores, tracking
 from normexp.callbacks import EpochHistory
 from normexp.data import Batches
 from normexp.errors import ConfigError
@@ -25,9 +25,9 @@ FILE = "last.ckpt"
 
 
 def path(tracking_cfg, run_id: str) -> Path:
-    root = tracking.artifact_root(tracking_cfg)
+    root = stores.artifact_root(tracking_cfg)
     # A tracking server keeps its artifacts to itself: that run resumes on this machine only.
-    base = tracking.local_folder(root) if root else tracking.PROJECT_ROOT / "mlruns"
+    base = stores.local_folder(root) if root else stores.PROJECT_ROOT / "mlruns"
     return base / "checkpoints" / run_id / FILE
 
 
@@ -45,7 +45,7 @@ def find_killed_run(client, cfg) -> tuple[str, Path]:
     alive = (f"; run {running[0].info.run_id} with this config is still RUNNING (its process renews its lease): "
              "resume it once that process has ended") if running else ""
     raise ConfigError(f"trainer.resume=true: no KILLED run with this config and a checkpoint in experiment "
-                      f"'{cfg.tracking.experiment}' of {tracking.tracking_uri(cfg.tracking)}{alive}; drop trainer.resume "
+                      f"'{cfg.tracking.experiment}' of {stores.tracking_uri(cfg.tracking)}{alive}; drop trainer.resume "
                       "to start a new run, or give the killed run's exact overrides")
 
 

@@ -9,7 +9,6 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import MLFlowLogger
 
 from normexp import stores
-from normexp.tracking import tracking_uri
 
 
 class MetricsLogger(MLFlowLogger):
@@ -17,8 +16,8 @@ class MetricsLogger(MLFlowLogger):
     at the end of `fit` and again of `test`, before the run's outcome is written."""
 
     def __init__(self, tracking_cfg, run_id: str):
-        super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=tracking_uri(tracking_cfg), run_id=run_id)
-        self._mlflow_client = stores.Client(tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
+        super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=stores.tracking_uri(tracking_cfg), run_id=run_id)
+        self._mlflow_client = stores.Client(stores.tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         # Lightning adds its own "epoch" counter (at the global step) to every write: our metrics are

@@ -22,7 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
-from normexp import comparisons, histograms, plots, tracking, variants
+from normexp import comparisons, histograms, plots, stores, tracking, variants
 from normexp.errors import ConfigError
 from normexp.stats import describe
 from normexp.tables import Table
@@ -236,7 +236,7 @@ def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str
 
 def default_tracking_uri() -> str:
     """The store `python -m normexp.train` writes to by default (conf/tracking/default.yaml)."""
-    return tracking.tracking_uri(OmegaConf.load(tracking.PROJECT_ROOT / "conf" / "tracking" / "default.yaml"))
+    return stores.tracking_uri(OmegaConf.load(stores.PROJECT_ROOT / "conf" / "tracking" / "default.yaml"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         parser.error("--filter goes with --experiment")
     client = MlflowClient(args.tracking_uri)
     tracking.reap_expired(client)  # first, runs whose process died end KILLED
-    reports = tracking.PROJECT_ROOT / "reports"
+    reports = stores.PROJECT_ROOT / "reports"
     try:
         if args.compare_activations:
             fig = compare_activations(client, *args.compare_activations, args.layer)

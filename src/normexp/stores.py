@@ -1,5 +1,6 @@
-"""The stores that parallel processes share: MLflow's tracking store and the search's Optuna storage,
-on SQLite (one machine) or on a database server (PostgreSQL: `postgresql+psycopg2://...`).
+"""The stores that parallel processes share: MLflow's tracking store (where it is, its artifacts, and
+whether it can be used) and the search's Optuna storage, on SQLite (one machine) or on a database
+server (PostgreSQL: `postgresql+psycopg2://...`).
 
 SQLite lets one process write at a time. In WAL mode (`use_wal`) readers and that writer no longer
 block each other, and it stays so (a property of the file). MLflow's SQLite store waits up to 20 s for
@@ -15,6 +16,9 @@ import logging
 import sqlite3
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,11 +26,68 @@ import optuna
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from normexp.errors import ConfigError
+
+# src/normexp/stores.py -> the repository root (the package is installed editable).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SERVER_TIMEOUT_S = 5        # a tracking server that does not answer the first request within this is refused
 LOCKED_RETRIES = 5          # attempts after the first, each after MLflow's own 20 s wait
 LOCKED_BACKOFF_S = 1.0      # doubled after each attempt: 1, 2, 4, 8, 16 s
 OPTUNA_SQLITE_WAIT_S = 60   # how long an Optuna write waits for a busy SQLite file
 log = logging.getLogger(__name__)
 _opened: set[str] = set()   # the tracking URIs whose store this process has opened
+
+
+def tracking_uri(cfg) -> str:
+    return cfg.uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def artifact_root(cfg) -> str | None:
+    """Artifacts go beside the SQLite file (mlruns/), never under the working directory."""
+    if cfg.artifact_root:
+        return Path(cfg.artifact_root).expanduser().resolve().as_uri()
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    if uri.startswith(("http://", "https://")):
+        return None  # a tracking server chooses its own artifact store
+    return (PROJECT_ROOT / "mlruns").as_uri()  # a database (postgresql://...): MLflow would use ./mlruns
+
+
+def local_folder(uri: str) -> Path:
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def check(cfg) -> None:
+    """Refuse, in seconds and before anything is recorded, a lease that cannot work, a tracking server
+    that does not answer (MLflow itself would retry for minutes) and a store or artifact folder that
+    cannot be written."""
+    if not 0 < cfg.heartbeat_s < cfg.lease_s:
+        raise ConfigError(f"tracking.heartbeat_s={cfg.heartbeat_s:g}, tracking.lease_s={cfg.lease_s:g}: need 0 < "
+                          "heartbeat_s < lease_s (a lease outlives missed renewals); e.g. tracking.heartbeat_s=10 "
+                          "tracking.lease_s=60")
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answers
+        except OSError as error:
+            raise ConfigError(f"tracking.uri={uri} does not answer ({getattr(error, 'reason', error)}); start the "
+                              "server (mlflow server --host 127.0.0.1 --port PORT) or drop tracking.uri for the "
+                              "local SQLite store") from None
+    folders = {"tracking.artifact_root" if cfg.artifact_root else "tracking.uri": local_folder(root)
+               for root in [artifact_root(cfg)] if root}
+    if uri.startswith("sqlite:///"):
+        folders["tracking.uri"] = Path(uri.removeprefix("sqlite:///")).parent
+    for key, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            raise ConfigError(f"{key}={cfg.artifact_root if key == 'tracking.artifact_root' else uri}: cannot write "
+                              f"to {folder} ({error.strerror}); choose a writable place, e.g. "
+                              f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db") from None
 
 
 def use_wal(url: str) -> None:

@@ -26,7 +26,7 @@ def study_name(cfg) -> str:
 
 
 def storage_url(cfg) -> str:
-    return cfg.search.storage or f"sqlite:///{tracking.PROJECT_ROOT / 'optuna.db'}"
+    return cfg.search.storage or f"sqlite:///{stores.PROJECT_ROOT / 'optuna.db'}"
 
 
 def definition(cfg) -> str:

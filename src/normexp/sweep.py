@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
 
-from normexp import cli, comparisons, plots, report, threads, tracking
+from normexp import cli, comparisons, plots, report, stores, threads, tracking
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
 STUDY_SUMMARY_ARTIFACT = "summary.json"   # in a study's run (normexp.search): its bracket
@@ -105,7 +105,7 @@ class SweepParentRun(Callback):
         try:
             for job in _jobs(config.hydra.overrides.task) if config_name else []:  # None: not called by Hydra
                 hydra.compose(config_name, overrides=job)
-            tracking.check(config.tracking)
+            stores.check(config.tracking)
             tracking.connect(config.tracking)
         except Exception as error:
             if not cli.is_bad_input(error):
@@ -146,7 +146,7 @@ class SweepParentRun(Callback):
 
     def print_where(self) -> None:
         config = self.config
-        print(f"\nBrowse the runs: mlflow ui --backend-store-uri {tracking.tracking_uri(config.tracking)} --host 127.0.0.1\n"
+        print(f"\nBrowse the runs: mlflow ui --backend-store-uri {stores.tracking_uri(config.tracking)} --host 127.0.0.1\n"
               f"  experiment '{config.tracking.experiment}', sweep parent run {self.run_id}; "
               f"Hydra's job folders: {config.hydra.sweep.dir}", flush=True)
 

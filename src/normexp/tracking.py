@@ -1,15 +1,11 @@
-"""MLflow: where runs go, and the one owner of their lifecycle. Every run is created here and ended
+"""MLflow runs: their experiments, names and params, and the one owner of their lifecycle. Every run is created here and ended
 here, FINISHED only once everything it records is written; Lightning's logger only logs metrics."""
 
 import logging
 import subprocess
-import tempfile
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.parse
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,13 +20,10 @@ from normexp import stores
 from normexp.errors import ConfigError
 from normexp.variants import variant_name
 
-# src/normexp/tracking.py -> the repository root (the package is installed editable).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
 # MLflow 3's experiment types (the UI's "experiment type"); MLflow has no constant for them yet.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 LEASE_TAG = "lease_until"  # unix seconds: a RUNNING run whose lease has run out lost its process
-SERVER_TIMEOUT_S = 5       # a tracking server that does not answer the first request within this is refused
 log = logging.getLogger(__name__)
 # MLflow announces creating a new SQLite store's tables on stderr, before a one-line error if there is one.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -38,30 +31,14 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 _held: dict[str, tuple[MlflowClient, threading.Event]] = {}
 
 
-def tracking_uri(cfg) -> str:
-    return cfg.uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-
-
-def artifact_root(cfg) -> str | None:
-    """Artifacts go beside the SQLite file (mlruns/), never under the working directory."""
-    if cfg.artifact_root:
-        return Path(cfg.artifact_root).expanduser().resolve().as_uri()
-    uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-    if uri.startswith(("http://", "https://")):
-        return None  # a tracking server chooses its own artifact store
-    return (PROJECT_ROOT / "mlruns").as_uri()  # a database (postgresql://...): MLflow would use ./mlruns
-
-
 def client_and_experiment(cfg) -> tuple[MlflowClient, str]:
     """The MLflow client for `cfg` (the tracking group) and the id of `cfg.experiment`, created if new.
     A new experiment is marked as model training (the UI then opens on runs, metrics and charts);
     `cfg.description` (a preset's question) becomes the experiment's description."""
-    client = stores.Client(tracking_uri(cfg))
+    client = stores.Client(stores.tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_root(cfg),
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=stores.artifact_root(cfg),
                                                  tags={EXPERIMENT_KIND: MODEL_TRAINING})
     else:
         experiment_id = experiment.experiment_id
@@ -96,58 +73,22 @@ def flat_params(cfg) -> dict[str, str]:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=stores.PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except OSError:
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def local_folder(uri: str) -> Path:
-    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
-
-
-def check(cfg) -> None:
-    """Refuse, in seconds and before anything is recorded, a lease that cannot work, a tracking server
-    that does not answer (MLflow itself would retry for minutes) and a store or artifact folder that
-    cannot be written."""
-    if not 0 < cfg.heartbeat_s < cfg.lease_s:
-        raise ConfigError(f"tracking.heartbeat_s={cfg.heartbeat_s:g}, tracking.lease_s={cfg.lease_s:g}: need 0 < "
-                          "heartbeat_s < lease_s (a lease outlives missed renewals); e.g. tracking.heartbeat_s=10 "
-                          "tracking.lease_s=60")
-    uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # it answers
-        except OSError as error:
-            raise ConfigError(f"tracking.uri={uri} does not answer ({getattr(error, 'reason', error)}); start the "
-                              "server (mlflow server --host 127.0.0.1 --port PORT) or drop tracking.uri for the "
-                              "local SQLite store") from None
-    folders = {"tracking.artifact_root" if cfg.artifact_root else "tracking.uri": local_folder(root)
-               for root in [artifact_root(cfg)] if root}
-    if uri.startswith("sqlite:///"):
-        folders["tracking.uri"] = Path(uri.removeprefix("sqlite:///")).parent
-    for key, folder in folders.items():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as error:
-            raise ConfigError(f"{key}={cfg.artifact_root if key == 'tracking.artifact_root' else uri}: cannot write "
-                              f"to {folder} ({error.strerror}); choose a writable place, e.g. "
-                              f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db") from None
-
-
 def connect(cfg) -> MlflowClient:
-    """The client of the store (`check` it first), after ending the runs of dead processes (`reap_expired`).
+    """The client of the store (`stores.check` it first), after ending the runs of dead processes (`reap_expired`).
     A SQLite store is put in WAL mode: readers and the one writer no longer block each other, which
     parallel sweeps (joblib workers, lease renewals) need; it stays so (a property of the file)."""
-    stores.use_wal(tracking_uri(cfg))
+    stores.use_wal(stores.tracking_uri(cfg))
     try:
-        client = stores.Client(tracking_uri(cfg))
+        client = stores.Client(stores.tracking_uri(cfg))
         reap_expired(client)
     except MlflowException as error:  # e.g. an unknown scheme, or a plain path (MLflow 3 refuses file stores)
-        raise ConfigError(f"tracking.uri={tracking_uri(cfg)}: {str(error).strip().splitlines()[0]}; use "
+        raise ConfigError(f"tracking.uri={stores.tracking_uri(cfg)}: {str(error).strip().splitlines()[0]}; use "
                           "sqlite:///<path> or http://<host>:<port>") from None
     return client
 

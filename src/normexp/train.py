@@ -12,7 +12,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 import torch
 from torch import nn
 
-from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, sweep, threads, tracking
+from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, stores, sweep, threads, tracking
 from normexp.callbacks import DivergenceGuard, EpochHistory
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
@@ -62,7 +62,7 @@ def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
     models.check_input(cfg.model, cfg.dataset)
     splits = data.load(cfg.dataset, cfg.seed)
     model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
-    tracking.check(cfg.tracking)
+    stores.check(cfg.tracking)
     return splits, model
 
 
