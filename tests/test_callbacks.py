@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from normexp.callbacks import DivergenceGuard
+from normexp.callbacks import CallbackGroup, DivergenceGuard
 from normexp.errors import ConfigError
 
 
@@ -70,9 +70,13 @@ def test_a_non_finite_loss_diverges_at_once():
     assert guard.diverged_at_step == 2 and guard.reason == "loss nan"
 
 
-def test_non_finite_running_statistics_diverge():
-    guard, _ = fit([2.3, 2.3, 2.3], poison_at=1)
-    assert guard.diverged_at_step == 2 and guard.reason == "non-finite BN running statistics"
+def test_non_finite_running_statistics_diverge_at_the_next_check():
+    # Checked every STATS_EVERY-th step and at the epoch's last: poisoned in step 4, found at step 10.
+    guard, module = fit([2.3] * 25, poison_at=3)
+    assert guard.diverged_at_step == DivergenceGuard.STATS_EVERY == 10 and module.steps == 10
+    assert guard.reason == "non-finite BN running statistics"
+    guard, _ = fit([2.3] * 25, poison_at=21)
+    assert guard.diverged_at_step == 25  # the epoch's last step
 
 
 def test_a_factor_of_one_or_less_or_no_patience_is_refused():
@@ -80,3 +84,35 @@ def test_a_factor_of_one_or_less_or_no_patience_is_refused():
         DivergenceGuard(1, 5)
     with pytest.raises(ConfigError, match="divergence.patience=0 must be >= 1"):
         DivergenceGuard(10, 0)
+
+
+def test_a_group_calls_only_the_callbacks_that_override_a_hook_in_their_order_and_keeps_their_states():
+    calls = []
+
+    class First(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            calls.append(("first", batch_idx))
+
+        def state_dict(self):
+            return {"batches": len(calls)}
+
+        def load_state_dict(self, state):
+            calls.append(("loaded", state["batches"]))
+
+    class Second(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            calls.append(("second", batch_idx))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            calls.append(("second", "epoch end"))
+
+    group = CallbackGroup([First(), Second()])
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[group])
+    trainer.fit(ScriptedLoss([2.3, 2.3]), train_dataloaders=torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1))
+    assert calls == [("first", 0), ("second", 0), ("first", 1), ("second", 1), ("second", "epoch end")]
+    assert "on_train_batch_start" not in vars(group)  # overridden by none: Lightning calls the base no-op
+    first = group.callbacks[0].state_key  # its qualified class name
+    assert group.state_dict() == {first: {"batches": 5}}  # Second keeps no state
+    group.load_state_dict({first: {"batches": 3}})
+    assert calls[-1] == ("loaded", 3)

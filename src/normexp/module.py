@@ -32,32 +32,42 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (N, C, H, W) -> (N, num_classes) logits
 
-    # Epoch means are accumulated here, on the device, and logged once per epoch: Lightning's self.log
-    # on every step costs about 1 ms (a third of a Fashion-MNIST MLP step on 2 cores). The sums are
-    # (loss x examples, correct predictions, examples), so the means weigh every example equally.
-    def _accumulate(self, batch, stage: str) -> torch.Tensor:
+    # Lightning sets this attribute around each of the ~20 hooks it calls a step; nn.Module.__setattr__
+    # (which looks for parameters, buffers and submodules first) made that ~100 us of a ~3 ms
+    # Fashion-MNIST MLP step (benchmarks/epoch_time.py). It only ever holds a hook's name or None.
+    def __setattr__(self, name: str, value) -> None:
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # Each step keeps its detached loss and logits (no copy, no kernel) and the epoch's means are
+    # computed once, at its end: Lightning's self.log on every step costs about 1 ms, and even summing
+    # on the device costs ~8 small ops (~70 us) a step. The loss mean weighs every example equally.
+    def _keep(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)  # (N, num_classes)
         loss = F.cross_entropy(logits, y)
-        if stage not in self._sums:  # (setdefault would allocate a tensor every step)
-            self._sums[stage] = torch.zeros(3, device=loss.device)
-        self._sums[stage] += torch.stack([loss.detach() * len(y), (logits.argmax(dim=1) == y).sum(), loss.new_tensor(len(y))])
+        self._kept.setdefault(stage, []).append((loss.detach(), logits.detach(), y))
         return loss
 
     def _log_means(self, stage: str) -> None:
-        loss_sum, correct, count = self._sums.pop(stage)
-        self.log_dict({f"{stage}/loss": loss_sum / count, f"{stage}/acc": correct / count}, prog_bar=True)
+        losses, logits, labels = zip(*self._kept.pop(stage))
+        sizes = torch.tensor([len(y) for y in labels], dtype=losses[0].dtype, device=losses[0].device)  # (steps,)
+        loss = (torch.stack(losses) * sizes).sum() / sizes.sum()
+        acc = (torch.cat(logits).argmax(dim=1) == torch.cat(labels)).float().mean()  # (examples,) -> ()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, prog_bar=True)
         # Logging "step" makes Lightning use it as the MLflow step: the x-axis is the epoch (1-based;
         # the test after training shares the last epoch's step), not the batch count.
         self.log("step", float(self.current_epoch if self.trainer.testing else self.current_epoch + 1))
 
     def on_fit_start(self):
-        self._sums: dict[str, torch.Tensor] = {}
+        self._kept: dict[str, list[tuple]] = {}  # stage -> a (loss, logits, labels) tuple per step
 
     on_test_start = on_fit_start
 
     def training_step(self, batch, batch_idx):
-        return self._accumulate(batch, "train")
+        return self._keep(batch, "train")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # At the epoch's last batch, or the batch after which a callback (the divergence guard) stopped
@@ -66,13 +76,13 @@ class Classifier(pl.LightningModule):
             self._log_means("train")
 
     def validation_step(self, batch, batch_idx):
-        self._accumulate(batch, "val")
+        self._keep(batch, "val")
 
     def on_validation_epoch_end(self):
         self._log_means("val")
 
     def test_step(self, batch, batch_idx):
-        self._accumulate(batch, "test")
+        self._keep(batch, "test")
 
     def on_test_epoch_end(self):
         self._log_means("test")

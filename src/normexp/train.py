@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, stores, sweep, threads, tracking
-from normexp.callbacks import DivergenceGuard, EpochHistory
+from normexp.callbacks import CallbackGroup, DivergenceGuard, EpochHistory
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
 
@@ -26,6 +27,16 @@ def _quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+
+
+def _cached_cuda_check() -> None:
+    """lightning_fabric sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that looking for a GPU does not
+    initialize CUDA before DDP forks its workers. torch then asks NVML afresh (dlopen, nvmlInit) on every
+    torch.cuda.is_available(), which Adam's step calls on every step: ~80 us of a ~3 ms Fashion-MNIST MLP
+    step on this CPU machine, where each call searches the library path for a libnvidia-ml that is not
+    there (benchmarks/epoch_time.py). A run trains on one device and forks nothing, so the CUDA runtime's
+    check, cached after its first call, is safe."""
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
 @dataclass
@@ -88,6 +99,7 @@ def _open_run(cfg, parent_run_id: str | None, model: nn.Module) -> tuple:
 def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
     """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
     _quiet_lightning()
+    _cached_cuda_check()
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     splits, model = prepare(cfg)
     guard, history = DivergenceGuard(cfg.divergence.factor, cfg.divergence.patience), EpochHistory()
@@ -105,7 +117,8 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
             devices=1,
             deterministic=cfg.trainer.deterministic,
             logger=metrics.MetricsLogger(cfg.tracking, run_id),
-            callbacks=[guard, history, *probing, *callbacks, checkpointing],  # the checkpoint last: all states in
+            # One callback for Lightning (CallbackGroup); the checkpoint last: all states in.
+            callbacks=[CallbackGroup([guard, history, *probing, *callbacks, checkpointing])],
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
             enable_model_summary=show_progress,
