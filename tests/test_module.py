@@ -1,9 +1,13 @@
-"""normexp.module: the Classifier's optimizer (weight decay on weights only) and the optim checks."""
+"""normexp.module: the Classifier's epoch means, its optimizer (weight decay on weights only) and the
+optim checks."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from normexp.data import Batches, Split
 from normexp.errors import ConfigError
 from normexp.module import Classifier, check_optim
 from tests.conftest import compose
@@ -12,6 +16,27 @@ from tests.conftest import compose
 def optim_cfg(option: str, **overrides):
     """conf/optim/<option>.yaml as composed, with `overrides`."""
     return compose("train", f"optim={option}", *(f"optim.{k}={v}" for k, v in overrides.items())).optim
+
+
+def test_epoch_means_weigh_every_example_equally_over_batches_of_unequal_size():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    batches = Batches(Split(x, y), batch_size=3, shuffle=False, drop_last=False)  # 3, 3 and 1 examples
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(Classifier(model, optim_cfg("adam")), batches, verbose=False)
+    with torch.no_grad():
+        logits = model(x)
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(float((logits.argmax(dim=1) == y).float().mean()))
+
+
+def test_lightning_hook_name_is_set_directly_and_submodules_still_register():
+    classifier = Classifier(nn.Linear(2, 2), optim_cfg("adam"))
+    classifier._current_fx_name = "training_step"
+    assert vars(classifier)["_current_fx_name"] == "training_step"
+    classifier.head = nn.Linear(2, 1)  # any other name still goes through nn.Module
+    assert "head" in dict(classifier.named_children())
 
 
 def test_weight_decay_falls_on_weight_matrices_only():

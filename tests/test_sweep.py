@@ -60,8 +60,10 @@ def start(module: str, *args: str, cwd) -> subprocess.Popen:
     # A process started in the background by a non-interactive shell ignores SIGINT, and so would
     # this child: restore the default handler, or Python never raises KeyboardInterrupt. Its own
     # session: a SIGINT to its process group is what a terminal's Ctrl-C sends (joblib's workers too).
+    # PYTHONFAULTHANDLER: a SIGABRT prints every thread's stack (what `stop` shows of a process that hangs).
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -82,6 +84,10 @@ def stop(process, signum, within_s: float = 60) -> int:
         else:
             process.send_signal(signum)
         status = process.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        pytest.fail(f"still running {within_s:g} s after signal {signum}; its stacks:\n"
+                    f"{process.communicate(timeout=30)[1][-6000:]}")
     finally:
         process.kill()
     assert time.monotonic() - start_s < within_s

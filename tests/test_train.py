@@ -1,4 +1,5 @@
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ def test_every_valid_model_and_norm_trains_one_epoch(compose_cfg, experiment_run
     (run,) = experiment_runs()
     assert run.info.status == "FINISHED"
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "time/epoch_s"} <= set(run.data.metrics)
+    # Set by lightning_fabric's import; unset, Adam's step finds CUDA's availability cached.
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
 
 
 @pytest.mark.parametrize("model, norm", [c for c in itertools.product(MODELS, NORMS) if not is_valid(*c)])

@@ -28,6 +28,7 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.model = model
         self.optim_cfg = optim_cfg
+        self._kept: dict[str, list[tuple]] = {}  # stage -> a (loss, logits, labels) tuple per step of its epoch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (N, C, H, W) -> (N, num_classes) logits
@@ -60,11 +61,6 @@ class Classifier(pl.LightningModule):
         # Logging "step" makes Lightning use it as the MLflow step: the x-axis is the epoch (1-based;
         # the test after training shares the last epoch's step), not the batch count.
         self.log("step", float(self.current_epoch if self.trainer.testing else self.current_epoch + 1))
-
-    def on_fit_start(self):
-        self._kept: dict[str, list[tuple]] = {}  # stage -> a (loss, logits, labels) tuple per step
-
-    on_test_start = on_fit_start
 
     def training_step(self, batch, batch_idx):
         return self._keep(batch, "train")
