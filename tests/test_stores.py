@@ -1,8 +1,10 @@
 """normexp.stores: real SQLite stores shared by processes: a new store opened by several at once, WAL mode,
-and a write that outlasts a lock held longer than MLflow's own 20 s wait; where the tracking store is,
-and the check that refuses one that cannot be used."""
+a write that outlasts a lock held longer than MLflow's own 20 s wait, a Ctrl-C that waits for the write
+it arrives in; where the tracking store is, and the check that refuses one that cannot be used."""
 
 import logging
+import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -65,6 +67,41 @@ def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog)
     holder.join()
     assert "MLflow store locked during set_tag" in caplog.text
     assert client.get_run(run_id).data.tags["written"] == "after the lock"
+
+
+def test_a_ctrl_c_during_a_write_arrives_after_it_and_leaves_the_store_unlocked(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    stores.use_wal(uri)
+    client = stores.Client(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    locked, written = threading.Event(), threading.Event()
+
+    def hold_the_write_lock_and_press_ctrl_c():  # the write waits on the lock while SIGINT comes
+        with sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None) as db:
+            db.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+            db.execute("COMMIT")
+
+    # Python raises KeyboardInterrupt on SIGINT unless the process was started ignoring it (CI's background).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    holder = threading.Thread(target=hold_the_write_lock_and_press_ctrl_c)
+    try:
+        holder.start()
+        locked.wait()
+        with pytest.raises(KeyboardInterrupt):
+            client.log_metric(run_id, "m", 1.0)
+            written.set()  # never: the interrupt comes as the write returns
+    finally:
+        holder.join()
+        signal.signal(signal.SIGINT, previous)
+    assert not written.is_set()
+    assert [m.value for m in client.get_metric_history(run_id, "m")] == [1.0]  # the write is whole
+    start = time.monotonic()
+    stores.Client(uri).set_tag(run_id, "next", "write")  # no transaction left open: no wait for the lock
+    assert time.monotonic() - start < 5
 
 
 def test_default_store_is_the_project_root_whatever_the_working_directory(tmp_path, monkeypatch):

@@ -13,8 +13,10 @@ import fcntl
 import functools
 import hashlib
 import logging
+import signal
 import sqlite3
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -101,15 +103,38 @@ def is_locked(error: BaseException) -> bool:
     return isinstance(error, MlflowException) and "database is locked" in str(error)
 
 
+@contextmanager
+def signals_held():
+    """While inside, a SIGINT or SIGTERM is only noted; on leaving, it is sent again, to the handlers it
+    would have met. A KeyboardInterrupt raised inside SQLAlchemy can leave its connection in an open
+    write transaction that the exception's traceback keeps alive: every later write of the process
+    (ending its runs KILLED) then found the store locked, waited MLflow's 20 s and tried again, for
+    minutes. (Python runs signal handlers in the main thread only: other threads need no holding.)"""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, signums):
+        yield  # None: a handler installed outside Python, which could not be put back
+        return
+    arrived: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in arrived:
+            signal.raise_signal(signum)
+
+
 def retrying(write):
-    """`write` (an MlflowClient method), tried again while the SQLite store is locked. Safe to repeat:
-    a locked write was rolled back."""
+    """`write` (an MlflowClient method), whole or not at all (`signals_held`), tried again while the
+    SQLite store is locked. Safe to repeat: a locked write was rolled back."""
 
     @functools.wraps(write)
     def call(*args, **kwargs):
         for attempt in range(LOCKED_RETRIES + 1):
             try:
-                return write(*args, **kwargs)
+                with signals_held():  # not the wait between attempts: Ctrl-C still ends that
+                    return write(*args, **kwargs)
             except MlflowException as error:
                 if not is_locked(error) or attempt == LOCKED_RETRIES:
                     raise
