@@ -204,7 +204,7 @@ def _read_idx_folder(folder: Path):
     per process while the files stay the same: a sweep's or a search's runs share the arrays, which are
     read-only (every split is a copy)."""
     files = [_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair]
-    return _read_idx_files(tuple((path, path.stat().st_mtime_ns, path.stat().st_size) for path in files))
+    return _read_idx_files(tuple((path, (stat := path.stat()).st_mtime_ns, stat.st_size) for path in files))
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,5 +1,6 @@
-"""MLflow runs: their experiments, names and params, and the one owner of their lifecycle. Every run is created here and ended
-here, FINISHED only once everything it records is written; Lightning's logger only logs metrics."""
+"""MLflow runs: their experiments, names and params, and the one owner of their lifecycle. Every run
+is created here and ended here, FINISHED only once everything it records is written; Lightning's
+logger only logs metrics."""
 
 import logging
 import subprocess
