@@ -17,6 +17,6 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# Every question's preset on Fashion-MNIST over 3 seeds; rewrites README's answers and docs/answers/.
+# Every question's preset on Fashion-MNIST over 3 seeds; writes docs/answers.md (figures in docs/answers/) and README's summary.
 answers: $(VENV)/.installed
 	$(PY) -m normexp.answers
