@@ -12,7 +12,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from normexp import study as studies, workers
+from normexp import search, study as studies, workers
 from tests.conftest import compose_search
 
 
@@ -115,3 +115,19 @@ def test_the_same_search_run_twice_at_once_shares_the_study_and_its_run(tmp_path
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # one study run, shared
     assert parent.info.status == "FINISHED" and len(runs) - 1 == len(decided)
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs if r is not parent)
+
+
+def test_two_workers_never_claim_the_same_rate(tmp_path, tracking_uri, experiment_name):
+    """Both workers start at once and plan from the same study: every trial, whatever its state, has
+    its own rate (a claim is one write, and the workers of a machine plan one at a time)."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # Grid 1 (unstable at once), 0.1, 0.01, then bisection to a factor 2: about five 1-epoch trials.
+    cfg = compose_search("norm=bn", "search.workers=2", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
+                         "search.lr_max=1", "search.resolution=2", f"search.storage={storage}",
+                         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                         "trainer.progress_bar=false")
+    search.run(cfg)
+    trials = optuna.load_study(study_name=studies.study_name(cfg), storage=storage).get_trials()
+    rates = [round(math.log(t.params["lr"]), 9) for t in trials]
+    assert len(set(rates)) == len(rates), [(t.number, t.state.name, t.params) for t in trials]
+    assert all(t.state in studies.DECIDED for t in trials)

@@ -6,8 +6,12 @@ k running rates cut the bracket into k + 1 parts), claim it as a RUNNING trial, 
 (train.run: one MLflow child run per seed, under the study's run), tell its verdict. Workers meet only
 in the storage, so the same command on another machine with the same storage adds workers there.
 
-- A claim creates the trial RUNNING with its rate (no queue of enqueued trials to race on). Two workers
-  that claim the same rate at once both see both trials: the lower number keeps it, the other is FAIL.
+- A claim is one write: the trial is created RUNNING with its rate, worker, lease and phase (no queue of
+  enqueued trials to race on). Optuna's `ask` creates a trial first and sets its rate in a second write:
+  between the two, the other workers saw a RUNNING trial without a rate, planned that rate again, and
+  their check could miss it too; two workers then trained one rate. The workers of one machine plan
+  and claim one at a time (a file lock), so they never plan the same rate; workers on other machines
+  that claim a rate at the same moment both see both trials: the lower number keeps it, the other is FAIL.
 - Optuna's heartbeat does not cover ask-and-tell trials, so each trial has a lease: its worker renews
   the user attr `lease_until` every tracking.heartbeat_s from a thread. A RUNNING trial whose lease ran
   out, or whose worker process on this machine has ended, is told FAIL by the next worker that plans,
@@ -23,7 +27,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 
 import optuna
@@ -31,7 +34,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from normexp import cli, study as studies, threads, tracking, train
+from normexp import cli, stores, study as studies, threads, tracking, train
 from normexp.bracket import plan
 from normexp.callbacks import TrialPruning
 from normexp.study import DECIDED, UNSTABLE
@@ -76,20 +79,23 @@ def fail_lost(study: optuna.Study, lease_s: float) -> list[int]:
 
 def claim(study: optuna.Study, cfg, phase: str, lr: float | None) -> optuna.Trial | None:
     """A new RUNNING trial of `lr` (None: the TPE sampler's choice), leased to this worker; None when a
-    trial with a lower number has the same rate (claimed by another worker at the same moment)."""
-    sampler = study.sampler
-    if lr is not None:
-        with warnings.catch_warnings():  # experimental in name only: unchanged since Optuna 2.4
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.sampler = optuna.samplers.PartialFixedSampler({"lr": lr}, sampler)
-    try:
-        trial = study.ask({"lr": FloatDistribution(cfg.search.lr_min, cfg.search.lr_max, log=True)})
-    finally:
-        study.sampler = sampler
+    trial with a lower number has the same rate (claimed by a worker on another machine at the same moment)."""
+    attrs = {WORKER_ATTR: worker_id(), LEASE_ATTR: time.time() + cfg.tracking.lease_s, "phase": phase}
+    distribution = FloatDistribution(cfg.search.lr_min, cfg.search.lr_max, log=True)
+    if lr is None:
+        trial = study.ask({"lr": distribution})  # TPE's rate: set after the trial exists, but no other worker plans it
+        try:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+    else:
+        # The trial with its rate and attrs in one write (Study.add_trial's own call, which returns no id).
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, params={"lr": lr},
+                                             distributions={"lr": distribution}, user_attrs=attrs)
+        trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
     try:  # an interrupt from here on (Ctrl-C during these writes) leaves no rate claimed
-        lease = time.time() + cfg.tracking.lease_s
-        for key, value in {WORKER_ATTR: worker_id(), LEASE_ATTR: lease, "phase": phase}.items():
-            trial.set_user_attr(key, value)
         lr = trial.params["lr"]
         first = min(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, *DECIDED))
                     if math.isclose(t.params.get("lr", math.nan), lr, rel_tol=1e-9))
@@ -172,14 +178,15 @@ def work(cfg, parent_id: str, label: str = "") -> None:
     study = studies.open_study(cfg)
     client = tracking.client_and_experiment(cfg.tracking)[0]
     while True:
-        fail_lost(study, cfg.tracking.lease_s)
-        phase, lr, running = next_step(study, cfg)
+        with stores.one_at_a_time(f"{studies.storage_url(cfg)}#{study.study_name}#plan"):  # this machine's workers
+            fail_lost(study, cfg.tracking.lease_s)
+            phase, lr, running = next_step(study, cfg)
+            trial = claim(study, cfg, phase, lr) if phase is not None else None
         if phase is None:
             if not running:
                 return
             time.sleep(POLL_S)  # their verdicts decide what comes next
             continue
-        trial = claim(study, cfg, phase, lr)
         if trial is not None:
             run_trial(cfg, study, trial, client, parent_id, label)
             studies.log_bracket(client, parent_id, studies.summarize(study, cfg))
