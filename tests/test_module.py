@@ -1,5 +1,4 @@
-"""normexp.module: the Classifier's epoch means, its optimizer (weight decay on weights only) and the
-optim checks."""
+"""normexp.module: the Classifier's epoch means and its optimizer (weight decay on weights only)."""
 
 import pytest
 import pytorch_lightning as pl
@@ -8,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normexp.data import Batches, Split
-from normexp.errors import ConfigError
-from normexp.module import Classifier, check_optim
+from normexp.module import Classifier
 from tests.conftest import compose
 
 
@@ -52,13 +50,3 @@ def test_weight_decay_falls_on_weight_matrices_only():
 def test_sgd_gets_its_momentum_and_nesterov():
     optimizer = Classifier(nn.Linear(2, 2), optim_cfg("sgd", momentum=0.5, nesterov=True)).configure_optimizers()
     assert optimizer.defaults["momentum"] == 0.5 and optimizer.defaults["nesterov"] is True
-
-
-@pytest.mark.parametrize("overrides, message", [
-    ({"name": "adagrad"}, "unknown optim 'adagrad'; expected one of adam, adamw, sgd"),
-    ({"lr": 0.0}, "optim.lr=0.0 must be positive"),
-    ({"weight_decay": -0.1}, "optim.weight_decay=-0.1 must be >= 0"),
-])
-def test_bad_optim_values_are_refused(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        check_optim(optim_cfg("adam", **overrides))

@@ -146,10 +146,10 @@ def test_cnn_with_group_norm_probes_channels(compose_cfg, mlflow_client):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("probes.probe_batch_size=1", "probes.probe_batch_size=1 must be >= 2"),
-    ("probes.histogram_bins=0", "probes.histogram_bins=0 must be >= 1"),
-    ("probes.inference_repeats=0", "probes.inference_repeats=0 must be >= 1"),
-    ("probes.undo_beta_tol=-1", "probes.undo_beta_tol=-1 must be positive"),
+    ("probes.probe_batch_size=1", "probes.probe_batch_size=1 must be an integer >= 2"),
+    ("probes.histogram_bins=0", "probes.histogram_bins=0 must be an integer >= 1"),
+    ("probes.inference_repeats=0", "probes.inference_repeats=0 must be an integer >= 1"),
+    ("probes.undo_beta_tol=-1", "probes.undo_beta_tol=-1.0 must be a finite number > 0"),
 ])
 def test_bad_probe_settings_fail_before_any_run(compose_cfg, experiment_runs, override, message):
     with pytest.raises(ConfigError, match=message.replace("|", r"\|")):

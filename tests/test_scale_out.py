@@ -71,15 +71,16 @@ def check_search(client: MlflowClient, experiment: str, storage: str, stdout: st
 
 def test_joblib_sweep_reports_the_jobs_that_finished_when_one_fails(tmp_path, tracking_uri, experiment_name,
                                                                     mlflow_client):
-    done = subprocess.run(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none,in",
-                                  *TINY_SWEEP, f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+    # Two jobs fail when they meet their data (a value out of its config domain would stop the sweep before any job).
+    done = subprocess.run(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
+                                  "dataset.train_size=256,100000", *TINY_SWEEP, f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
                                   f"hydra.sweep.dir={tmp_path}/sweep"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})  # the jobs' own policy
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("error: norm=in (InstanceNorm) needs spatial dims")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.train_size=100000 is out of range")
     parent, children = sweep_runs(mlflow_client, experiment_name)
-    assert parent.info.status == "FAILED" and "norm=in" in parent.data.tags["failed_job"]
+    assert parent.info.status == "FAILED" and "dataset.train_size=100000" in parent.data.tags["failed_job"]
     assert sorted(children) == sorted(RUN_NAMES.values())
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert {c.data.tags["threads"] for c in children.values()} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}

@@ -14,7 +14,7 @@ LENGTHS = [8, 5, 3, 8, 6, 4]  # rows kept per image
 def build(compose_cfg, *overrides) -> SequenceClassifier:
     cfg = compose_cfg("model=seq", *overrides)
     torch.manual_seed(0)
-    return models.build(cfg.model, cfg.norm, DIGITS_SHAPE, 10, 64)
+    return models.build(cfg.model, cfg.norm, DIGITS_SHAPE, 10)
 
 
 def padded_batch() -> torch.Tensor:

@@ -47,9 +47,11 @@ def test_design_card_multirun_makes_one_parent_and_six_children(tmp_path, tracki
 
 def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, tracking_uri, experiment_runs,
                                                                   experiment_name):
-    done = run_cli("-m", "norm=bn,in", "trainer.max_epochs=1", f"tracking.uri={tracking_uri}",
+    # A job that fails when it meets its data (a value out of its config domain would stop the sweep
+    # before any job, test_cli).
+    done = run_cli("-m", "dataset.train_size=256,100000", "trainer.max_epochs=1", f"tracking.uri={tracking_uri}",
                    f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
-    assert done.returncode != 0 and "norm=in (InstanceNorm) needs spatial dims" in done.stderr
+    assert done.returncode != 0 and "dataset.train_size=100000 is out of range" in done.stderr
     statuses = {r.info.run_name: r.info.status for r in experiment_runs()}
     assert "RUNNING" not in statuses.values()
     assert statuses["bn-adam-lr0.001-bs64-s0"] == "FINISHED"

@@ -1,6 +1,7 @@
 """Training callbacks: the divergence guard, the per-epoch history (with epoch timing), the report
 of each epoch to an Optuna trial (pruning), and the group that hands a run's callbacks to Lightning."""
 
+import logging
 import math
 import time
 from functools import partial
@@ -8,7 +9,7 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 
-from normexp.errors import ConfigError
+log = logging.getLogger(__name__)
 
 
 class DivergenceGuard(pl.Callback):
@@ -26,10 +27,6 @@ class DivergenceGuard(pl.Callback):
     STATS_EVERY = 10
 
     def __init__(self, factor: float, patience: int):
-        if not factor > 1:
-            raise ConfigError(f"divergence.factor={factor:g} must be > 1; e.g. divergence.factor=10")
-        if patience < 1:
-            raise ConfigError(f"divergence.patience={patience} must be >= 1 (steps); e.g. divergence.patience=5")
         self.factor, self.patience = factor, patience
         self.diverged_at_step: int | None = None
         self.reason = ""
@@ -137,7 +134,7 @@ class CallbackGroup(pl.Callback):
             overriding = [getattr(c, hook) for c in self.callbacks
                           if getattr(type(c), hook) is not getattr(pl.Callback, hook)]
             if overriding:
-                setattr(self, hook, partial(_call_each, overriding))
+                setattr(self, hook, partial(_call_each_quietly if hook == "on_exception" else _call_each, overriding))
 
     def state_dict(self) -> dict:
         return {c.state_key: state for c in self.callbacks if (state := c.state_dict())}
@@ -151,3 +148,13 @@ class CallbackGroup(pl.Callback):
 def _call_each(hooks: list, *args, **kwargs) -> None:
     for hook in hooks:
         hook(*args, **kwargs)
+
+
+def _call_each_quietly(hooks: list, *args, **kwargs) -> None:
+    """on_exception: the run is failing already. A callback that cannot write what it buffered (the
+    store's fault, most likely the one the run fails on) must not replace the exception it ends with."""
+    for hook in hooks:
+        try:
+            hook(*args, **kwargs)
+        except Exception as error:
+            log.warning("%s while the run failed: %s: %s", hook.__qualname__, type(error).__name__, error)

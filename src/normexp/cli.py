@@ -2,7 +2,9 @@
 
 - Bad input is one line, `error: <the bad value, what is allowed, the fix>`, and exit status 1: our
   ConfigErrors and Hydra's own refusals (an unknown option of a group, a wrong type, an unknown key, an
-  unparsable override), which Hydra would print as a multi-line block.
+  unparsable override), which Hydra would print as a multi-line block. So is a fault of the machine
+  mid-run (normexp.faults: a full disk, a tracking server that stopped answering), once its runs
+  have ended FAILED.
 - SIGINT and SIGTERM end every run KILLED and exit non-zero. Inside a job, `signals_raise` turns the
   first one into KeyboardInterrupt / SystemExit, which the job's runs end on (tracking.ending). In the
   launching process of a joblib sweep the jobs run in worker processes: the signal is passed on to them
@@ -22,7 +24,7 @@ from dataclasses import fields, is_dataclass
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from normexp import tracking
+from normexp import faults, tracking
 from normexp.errors import ConfigError
 
 WORKERS_GRACE_S = 30  # how long an interrupted sweep waits for its joblib workers to end their runs
@@ -44,8 +46,9 @@ def entry_point(hydra_main):
             if isinstance(error, KeyboardInterrupt):
                 print("interrupted: its runs ended KILLED", file=sys.stderr)
                 sys.exit(128 + signal.SIGINT)  # without a traceback
-            if is_bad_input(error) and asked != "1":
-                sys.exit(f"error: {one_line(error)}")
+            line = refusal(error) if isinstance(error, Exception) else None  # SystemExit: its line is made
+            if line and asked != "1":
+                sys.exit(f"error: {line}")
             raise
         finally:
             if asked is None:
@@ -90,6 +93,11 @@ def signals_raise(forward_to_workers: bool):
 
 def is_bad_input(error: BaseException) -> bool:
     return isinstance(error, (ConfigError, HydraException, OmegaConfBaseException))
+
+
+def refusal(error: BaseException) -> str | None:
+    """The one line a command ends with for bad input or a fault; None for a bug (its traceback is shown)."""
+    return one_line(error) if is_bad_input(error) else faults.explain(error)
 
 
 def one_line(error: BaseException) -> str:

@@ -10,61 +10,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from normexp import norms, sequence
+from normexp import norms, relations, sequence
 from normexp.errors import ConfigError
 
-ARCHS = ("mlp", "cnn", "cnn_modern", "seq")
-INITS = ("default", "kaiming", "xavier", "normal")
 NORMAL_INIT_STD = 0.01  # init=normal: the classic "small random weights" N(0, 0.01^2), before Glorot and He
 
 
-def mlp_widths(model_cfg) -> list[int]:
-    """model.widths, or [model.width] * model.depth when depth and width are given."""
-    depth, width, widths = model_cfg.depth, model_cfg.width, model_cfg.widths
-    if depth is None and width is None:
-        if widths is None:
-            raise ConfigError("model.widths=null and no model.depth / model.width; give either, "
-                              "e.g. model.depth=8 model.width=128")
-        if not widths or min(widths) < 1:
-            raise ConfigError(f"model.widths={list(widths)} must name at least one layer, each >= 1 wide; "
-                              "e.g. model.widths=[256,128]")
-        return list(widths)
-    if depth is None or width is None or depth < 1 or width < 1:
-        raise ConfigError(f"model.depth={depth} with model.width={width}: give both, each >= 1; "
-                          "e.g. model.depth=8 model.width=128")
-    if widths is not None and list(widths) != [width] * depth:
-        raise ConfigError(f"model.widths={list(widths)} disagrees with model.depth={depth} x model.width={width}; "
-                          "add model.widths=null to use depth and width")
-    return [width] * depth
-
-
-def hidden_widths(model_cfg) -> list[int]:
-    """The width of every normalized layer, for checks that depend on it (GroupNorm's num_groups)."""
-    if model_cfg.arch == "mlp":
-        return mlp_widths(model_cfg)
-    if model_cfg.arch == "seq":
-        return [model_cfg.width] * model_cfg.depth
-    if model_cfg.arch == "cnn":
-        return list(model_cfg.channels)
-    if model_cfg.arch == "cnn_modern":
-        return list(model_cfg.channels) + [model_cfg.head_channels]
-    raise ConfigError(f"unknown model.arch '{model_cfg.arch}'; expected one of {', '.join(ARCHS)}")
-
-
-def check_input(model_cfg, dataset_cfg) -> None:
-    """Refuse data the model cannot read: only model=seq understands padded (variable-length) images."""
-    if dataset_cfg.variable_length and model_cfg.arch != "seq":
-        raise ConfigError(f"dataset.variable_length=true with model={model_cfg.name}: only model=seq masks the "
-                          "padded rows; use model=seq or dataset.variable_length=false")
-
-
-def build(model_cfg, norm_cfg, input_shape: tuple[int, int, int], num_classes: int, batch_size: int) -> nn.Module:
-    """The model for inputs of `input_shape` (C, H, W); fails fast on a norm that cannot fit it."""
-    widths = hidden_widths(model_cfg)
-    spatial = model_cfg.arch in ("cnn", "cnn_modern")
-    norms.check(norm_cfg, widths, spatial, batch_size)
-    if not 0 <= model_cfg.dropout < 1:
-        raise ConfigError(f"model.dropout={model_cfg.dropout} must be in [0, 1); e.g. model.dropout=0.2")
+def build(model_cfg, norm_cfg, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The model for inputs of `input_shape` (C, H, W), from a config that normexp.config.check accepted."""
     channels, height, width = input_shape
     if model_cfg.arch == "mlp":
         model = _mlp(model_cfg, norm_cfg, channels * height * width, num_classes)
@@ -83,11 +36,6 @@ def initialize(model: nn.Module, init: str, scale: float) -> None:
     """Re-initialize every weight matrix / kernel (parameters named *weight with 2+ dims: Linear, Conv,
     attention) with `init`, then multiply it by `scale`. Norm gammas and betas, biases and the sequence
     model's positions keep their initialization: init_scale asks what the scale of the weights does."""
-    if init not in INITS:
-        raise ConfigError(f"unknown model.init '{init}'; expected one of {', '.join(INITS)}")
-    if not scale > 0:
-        raise ConfigError(f"model.init_scale={scale} must be positive (1.0 leaves the weights as initialized); "
-                          "e.g. model.init_scale=0.1")
     for name, weight in model.named_parameters():
         if not (name.endswith("weight") and weight.ndim > 1):
             continue
@@ -121,7 +69,7 @@ def _dropout(p: float) -> list:
 def _mlp(cfg, norm_cfg, in_features: int, num_classes: int) -> nn.Sequential:
     blocks = [("flatten", nn.Flatten())]  # (N, C, H, W) -> (N, C*H*W)
     fan_in = in_features
-    for i, width in enumerate(mlp_widths(cfg), start=1):
+    for i, width in enumerate(relations.mlp_widths(cfg), start=1):
         blocks.append((f"hidden{i}", _hidden_block(nn.Linear, fan_in, width, norm_cfg, False, _dropout(cfg.dropout))))
         fan_in = width
     blocks.append(("out", nn.Linear(fan_in, num_classes)))

@@ -5,22 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normexp.errors import ConfigError
-
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-
-
-def check_optim(cfg) -> None:
-    if cfg.name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optim '{cfg.name}'; expected one of {', '.join(OPTIMIZERS)}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"optim.lr={cfg.lr} must be positive; e.g. optim.lr=0.001")
-    if cfg.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay={cfg.weight_decay} must be >= 0")
-    if cfg.get("momentum", 0) < 0:
-        raise ConfigError(f"optim.momentum={cfg.momentum} must be >= 0; e.g. optim.momentum=0.9")
-    if not all(0 <= beta < 1 for beta in cfg.get("betas", [])):
-        raise ConfigError(f"optim.betas={list(cfg.betas)} must each be in [0, 1); e.g. optim.betas=[0.9,0.999]")
 
 
 class Classifier(pl.LightningModule):

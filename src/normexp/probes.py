@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from normexp import histograms, plots, tables
-from normexp.errors import ConfigError
 from normexp.gradients import GradientFlow
 from normexp.histograms import HistogramSeries
 from normexp.models import hidden_blocks, norm_layers, parameter_counts
@@ -99,9 +98,6 @@ class NormProbe(pl.Callback):
     """bn/<layer>/... metrics each epoch; at the end the norm-parameter table and the gamma/beta figure."""
 
     def __init__(self, undo_gamma_tol: float, undo_beta_tol: float):
-        if not (undo_gamma_tol > 0 and undo_beta_tol > 0):
-            raise ConfigError(f"probes.undo_gamma_tol={undo_gamma_tol:g} and probes.undo_beta_tol={undo_beta_tol:g} "
-                              "must be positive; e.g. 0.5")
         self.undo_gamma_tol, self.undo_beta_tol = undo_gamma_tol, undo_beta_tol
         self.metrics = MetricBuffer(WRITE_EVERY_S)
 
@@ -153,8 +149,6 @@ class ActivationProbe(pl.Callback):
     of every layer's pre-activation and norm input/output, saved as data and drawn at the end."""
 
     def __init__(self, probe_x: torch.Tensor, bins: int):
-        if bins < 1:
-            raise ConfigError(f"probes.histogram_bins={bins} must be >= 1; e.g. probes.histogram_bins=50")
         self.probe_x, self.bins = probe_x, bins  # (N, C, H, W)
         self.metrics = MetricBuffer(WRITE_EVERY_S)
         self.epochs: list[int] = []
@@ -259,11 +253,6 @@ class ActivationProbe(pl.Callback):
 
 def make_callbacks(cfg, val) -> list[pl.Callback]:
     """The probes for one run; `cfg` is the probes config group, `val` the validation Split."""
-    if cfg.probe_batch_size < 2:  # BatchNorm's train-mode output needs two examples
-        raise ConfigError(f"probes.probe_batch_size={cfg.probe_batch_size} must be >= 2; e.g. probes.probe_batch_size=256")
-    for key in ("inference_batch_size", "inference_repeats", "gradient_every"):
-        if cfg[key] < 1:
-            raise ConfigError(f"probes.{key}={cfg[key]} must be >= 1; e.g. probes.{key}=10")
     probe_x = val.x[: cfg.probe_batch_size]  # (N, C, H, W): the same examples every epoch
     return [ParameterTable(), NormProbe(cfg.undo_gamma_tol, cfg.undo_beta_tol), ActivationProbe(probe_x, cfg.histogram_bins),
             GradientFlow(MetricBuffer(WRITE_EVERY_S), cfg.gradient_every)]

@@ -24,21 +24,18 @@ from normexp.variants import variant_name
 
 
 def check(cfg) -> None:
-    """Refuse bad input before any study or MLflow run exists."""
-    s = cfg.search
+    """Refuse bad input before any study or MLflow run exists: the values (normexp.config.check, which
+    train.prepare makes), the pruner and the Optuna storage."""
     if cfg.trainer.resume:
         raise ConfigError("trainer.resume=true is for normexp.train; a search resumes its study by itself: run the "
                           "same command again, without trainer.resume")
-    if not 0 < s.lr_min < s.lr_max:
-        raise ConfigError(f"search.lr_min={s.lr_min:g}, search.lr_max={s.lr_max:g}: need 0 < lr_min < lr_max; "
-                          "e.g. search.lr_min=1e-4 search.lr_max=10")
-    for key, low in (("seeds", 1), ("epochs", 1), ("refine_trials", 0), ("workers", 1)):
-        if s[key] < low:
-            raise ConfigError(f"search.{key}={s[key]} must be >= {low}")
-    for key in ("resolution", "grid_factor"):
-        if not s[key] > 1:
-            raise ConfigError(f"search.{key}={s[key]} must be > 1 (a ratio of learning rates); e.g. search.{key}=1.25")
-    train.prepare(cfg)  # the rest is refused by the checks train.run makes before its run exists
+    train.prepare(cfg)  # the config's domains, the data, the model and the tracking store
+    try:
+        hydra.utils.instantiate(cfg.search.pruner)
+    except Exception as error:  # an unknown class or argument: Hydra's InstantiationException says which
+        raise ConfigError(f"search.pruner is refused: {str(error).strip().splitlines()[0]}; e.g. "
+                          "search.pruner._target_=optuna.pruners.MedianPruner") from None
+    stores.check_optuna(studies.storage_url(cfg))
 
 
 def parent_run(cfg, study: optuna.Study) -> tuple:

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from normexp import norms
-from normexp.errors import ConfigError
 
 
 class Block(nn.Module):
@@ -59,11 +58,6 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, cfg, norm_cfg, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
-        if cfg.width % cfg.heads:
-            divisors = [h for h in range(1, min(cfg.width, 16) + 1) if cfg.width % h == 0]
-            raise ConfigError(f"model.heads={cfg.heads} does not divide model.width={cfg.width}; choose one of {divisors}")
-        if cfg.depth < 1:
-            raise ConfigError(f"model.depth={cfg.depth} must be >= 1 for model=seq; e.g. model.depth=2")
         channels, height, width = input_shape
         self.embed = nn.Linear(width * channels, cfg.width)
         self.position = nn.Parameter(torch.randn(height, cfg.width) * 0.02)  # (T, D); GPT-2's scale

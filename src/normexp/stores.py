@@ -13,6 +13,8 @@ import fcntl
 import functools
 import hashlib
 import logging
+import math
+import os
 import signal
 import sqlite3
 import tempfile
@@ -21,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import optuna
@@ -32,12 +34,14 @@ from normexp.errors import ConfigError
 
 # src/normexp/stores.py -> the repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SERVER_TIMEOUT_S = 5        # a tracking server that does not answer the first request within this is refused
+SERVER_RETRIES = 2          # MLflow's retries of a request to a tracking server (stores._check_server)
 LOCKED_RETRIES = 5          # attempts after the first, each after MLflow's own 20 s wait
 LOCKED_BACKOFF_S = 1.0      # doubled after each attempt: 1, 2, 4, 8, 16 s
 OPTUNA_SQLITE_WAIT_S = 60   # how long an Optuna write waits for a busy SQLite file
 log = logging.getLogger(__name__)
 _opened: set[str] = set()   # the tracking URIs whose store this process has opened
+MLFLOW_TABLES = {"experiments", "runs"}  # of a SQLite file that is an MLflow store
+OPTUNA_TABLES = {"studies", "trials"}    # of one that is an Optuna storage
 
 
 def tracking_uri(cfg) -> str:
@@ -61,35 +65,73 @@ def local_folder(uri: str) -> Path:
 
 
 def check(cfg) -> None:
-    """Refuse, in seconds and before anything is recorded, a lease that cannot work, a tracking server
-    that does not answer (MLflow itself would retry for minutes) and a store or artifact folder that
-    cannot be written."""
-    if not 0 < cfg.heartbeat_s < cfg.lease_s:
-        raise ConfigError(f"tracking.heartbeat_s={cfg.heartbeat_s:g}, tracking.lease_s={cfg.lease_s:g}: need 0 < "
-                          "heartbeat_s < lease_s (a lease outlives missed renewals); e.g. tracking.heartbeat_s=10 "
-                          "tracking.lease_s=60")
+    """Refuse, in seconds and before anything is recorded, a tracking server that does not answer within
+    tracking.server_timeout_s (MLflow itself would retry for minutes), a store file that is not an
+    MLflow store, and a store or artifact folder that cannot be written."""
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # it answers
-        except OSError as error:
-            raise ConfigError(f"tracking.uri={uri} does not answer ({getattr(error, 'reason', error)}); start the "
-                              "server (mlflow server --host 127.0.0.1 --port PORT) or drop tracking.uri for the "
-                              "local SQLite store") from None
+        _check_server(uri, cfg.server_timeout_s)
     folders = {"tracking.artifact_root" if cfg.artifact_root else "tracking.uri": local_folder(root)
                for root in [artifact_root(cfg)] if root}
     if uri.startswith("sqlite:///"):
         folders["tracking.uri"] = Path(uri.removeprefix("sqlite:///")).parent
     for key, folder in folders.items():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as error:
-            raise ConfigError(f"{key}={cfg.artifact_root if key == 'tracking.artifact_root' else uri}: cannot write "
-                              f"to {folder} ({error.strerror}); choose a writable place, e.g. "
-                              f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db") from None
+        _check_writable(folder, key, cfg.artifact_root if key == "tracking.artifact_root" else uri,
+                        f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db")
+    if uri.startswith("sqlite:///"):
+        _check_sqlite(uri, "tracking.uri", MLFLOW_TABLES, f"tracking.uri=sqlite:///{Path.home()}/normexp/mlflow.db")
+
+
+def check_optuna(url: str) -> None:
+    """The same for the search's Optuna storage (search.storage): its folder writable, its file Optuna's."""
+    if url.startswith("sqlite:///"):
+        fix = f"search.storage=sqlite:///{Path.home()}/normexp/optuna.db"
+        _check_writable(Path(url.removeprefix("sqlite:///")).parent, "search.storage", url, fix)
+        _check_sqlite(url, "search.storage", OPTUNA_TABLES, fix)
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answers
+    except OSError as error:
+        raise ConfigError(f"tracking.uri={uri} does not answer within tracking.server_timeout_s={timeout_s:g} s "
+                          f"({getattr(error, 'reason', error)}); start the server (mlflow server --host 127.0.0.1 "
+                          "--port PORT), or drop tracking.uri for the local SQLite store") from None
+    # MLflow's own requests: a server that stops answering mid-run fails the write in about 3 x timeout_s
+    # (SERVER_RETRIES retries), not after MLflow's 7 retries of up to 120 s each. Set before any request;
+    # an explicit setting in the environment wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(SERVER_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def _check_writable(folder: Path, key: str, value: str, fix: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ConfigError(f"{key}={value}: cannot write to {folder} ({error.strerror}); choose a writable place, "
+                          f"e.g. {fix}") from None
+
+
+def _check_sqlite(url: str, key: str, tables: set[str], fix: str) -> None:
+    """An existing file must be a SQLite database, empty or holding `tables`: SQLite, MLflow and Optuna
+    would each fail with their own raw error on anything else, or migrate another program's database."""
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.exists():
+        return  # created on first use
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            found = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"{key}={url}: {path} is not a SQLite database ({error}); point {key} at a new file "
+                          f"or at the store you meant, e.g. {fix}") from None
+    if found and not tables <= found:
+        raise ConfigError(f"{key}={url}: {path} is a database of something else (its tables: "
+                          f"{', '.join(sorted(found)[:6])}); point {key} at a new file or at the store you meant, "
+                          f"e.g. {fix}")
 
 
 def use_wal(url: str) -> None:

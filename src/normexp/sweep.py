@@ -18,7 +18,8 @@ from hydra.experimental.callback import Callback
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
 
-from normexp import cli, comparisons, plots, report, stores, threads, tracking
+from normexp import cli, comparisons, faults, launchers, plots, report, stores, threads, tracking
+from normexp import config as schemas
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
 STUDY_SUMMARY_ARTIFACT = "summary.json"   # in a study's run (normexp.search): its bracket
@@ -38,8 +39,9 @@ def hydra_job(tracking_cfg):
     """Around the work of a Hydra job (train or search), in the process that runs it (the launching
     process, or a joblib worker); yields the sweep's parent run id (None outside a multirun). SIGINT and
     SIGTERM raise (cli.signals_raise): the job's runs end KILLED, and so does the sweep's parent run,
-    whose end-of-sweep callback Hydra never runs then. Bad input is raised: a single run prints it
-    (cli.entry_point); a multirun records the failed job, runs the others, then raises it."""
+    whose end-of-sweep callback Hydra never runs then. Bad input and faults are raised: a single run
+    prints their one line (cli.entry_point); a multirun records the failed job, runs the others, then
+    raises it."""
     parent = parent_run_id()
     threads.use(threads.sweep_jobs_at_once())  # a parallel sweep's jobs share the CPUs
     with cli.signals_raise(forward_to_workers=False):
@@ -50,8 +52,9 @@ def hydra_job(tracking_cfg):
                 tracking.end_run(tracking.client_and_experiment(tracking_cfg)[0], parent, "KILLED")
             raise
         except Exception as error:
-            if parent is None and cli.is_bad_input(error):  # else Hydra adds a line "Error executing job ..."
-                raise SystemExit(f"error: {cli.one_line(error)}") from None
+            line = cli.refusal(error) if parent is None else None
+            if line:  # else Hydra adds a line "Error executing job ..."
+                raise SystemExit(f"error: {line}") from None
             raise
 
 
@@ -99,12 +102,14 @@ class SweepParentRun(Callback):
         self.run_id: str | None = None  # stays None in a single run, where there is no parent
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
-        # Refuse a misspelt option, a wrong type or an unusable store before the parent run exists (Hydra
-        # composes the jobs' configs only after this). Hydra turns a callback's exception into a
-        # warning and goes on: SystemExit stops it, with the one line.
+        # Refuse a misspelt option, a wrong type, a value out of its domain, a launcher setting or a store
+        # that cannot work before the parent run exists (Hydra composes the jobs' configs only after
+        # this). Hydra turns a callback's exception into a warning and goes on: SystemExit stops it,
+        # with the one line.
         try:
             for job in _jobs(config.hydra.overrides.task) if config_name else []:  # None: not called by Hydra
-                hydra.compose(config_name, overrides=job)
+                schemas.check(hydra.compose(config_name, overrides=job))
+            launchers.check(config.hydra.launcher)
             stores.check(config.tracking)
             tracking.connect(config.tracking)
         except Exception as error:
@@ -141,6 +146,9 @@ class SweepParentRun(Callback):
         try:
             self.report(self.config)
         except Exception as error:  # a report bug must not hide the runs, complete in MLflow
+            if faults.explain(error):  # the store's fault, which the sweep ends with: no traceback for it
+                log.warning("the sweep's report was not made: %s", faults.explain(error))
+                return
             log.exception("the sweep's report failed; its runs are complete in MLflow")
             self.client.set_tag(self.run_id, "report_error", repr(error)[:MAX_TAG_VAL_LENGTH])
 

@@ -161,9 +161,10 @@ def start_run(cfg, parent_run_id: str | None, extra_params: dict | None = None) 
     if parent_run_id:
         tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "sweep": parent_run_id}
     client, run_id = _create_run(cfg.tracking, tags)
-    params = flat_params(cfg) | {k: str(v) for k, v in (extra_params or {}).items()}
-    client.log_batch(run_id, params=[Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()])
-    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    with failing(client, run_id):  # e.g. a full artifact disk: the new run ends FAILED, not RUNNING
+        params = flat_params(cfg) | {k: str(v) for k, v in (extra_params or {}).items()}
+        client.log_batch(run_id, params=[Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()])
+        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     return client, run_id
 
 
@@ -218,14 +219,20 @@ def end_held_runs(error: BaseException) -> None:
     """A command ends by `error`: every run this process still holds (a sweep's parent, whose end-of-sweep
     callback Hydra skips after a failed job) ends KILLED on an interrupt, FAILED (recorded) otherwise.
     Runs under it still RUNNING end KILLED: their processes are gone (joblib kills its workers on the
-    way out)."""
+    way out). A store that cannot be written leaves them to their leases: `error` is what the command
+    ends with."""
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     for run_id, (client, _) in list(_held.items()):
-        _kill_running_children(client, run_id)
-        if client.get_run(run_id).info.status == "RUNNING":
-            end_run(client, run_id, "KILLED" if interrupted else "FAILED", None if interrupted else error)
-        else:  # ended by a joblib worker's job
-            _held.pop(run_id)[1].set()
+        try:
+            _kill_running_children(client, run_id)
+            if client.get_run(run_id).info.status == "RUNNING":
+                end_run(client, run_id, "KILLED" if interrupted else "FAILED", None if interrupted else error)
+            else:  # ended by a joblib worker's job
+                _held.pop(run_id)[1].set()
+        except Exception as ending_error:
+            if run_id in _held:
+                _held.pop(run_id)[1].set()
+            log.warning("run %s is left to its lease: %s: %s", run_id, type(ending_error).__name__, ending_error)
 
 
 def wait_for_children(timeout_s: float) -> None:
@@ -240,28 +247,50 @@ def wait_for_children(timeout_s: float) -> None:
 
 def end_run(client: MlflowClient, run_id: str, status: str, error: BaseException | None = None) -> None:
     """The one place a run ends. A FAILED run records its error as the tag `error` and its traceback
-    as error.txt."""
+    as error.txt. The status is written whatever became of the traceback: on a full artifact disk,
+    writing error.txt failed and left the run RUNNING."""
     if run_id in _held:
         _held.pop(run_id)[1].set()  # its lease is no longer renewed
-    if error is not None:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_VAL_LENGTH])
-        client.log_text(run_id, "".join(traceback.format_exception(error)), ERROR_ARTIFACT)
-    client.set_terminated(run_id, status)
+    try:
+        if error is not None:
+            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_VAL_LENGTH])
+            try:
+                client.log_text(run_id, "".join(traceback.format_exception(error)), ERROR_ARTIFACT)
+            except Exception as lost:  # the artifact store's fault, most likely the one being recorded
+                client.set_tag(run_id, "error_txt", f"not written: {type(lost).__name__}: {lost}"[:MAX_TAG_VAL_LENGTH])
+    finally:
+        client.set_terminated(run_id, status)
 
 
 @contextmanager
 def ending(client: MlflowClient, run_id: str):
-    """Around everything a run records: FINISHED after it, FAILED on an exception (recorded), KILLED
-    on Ctrl-C (Lightning turns it into SystemExit) or SystemExit."""
+    """Around everything a run records: FINISHED after it, else as `failing` ends it."""
+    with failing(client, run_id):
+        yield
+    end_run(client, run_id, "FINISHED")
+
+
+@contextmanager
+def failing(client: MlflowClient, run_id: str):
+    """Around a run's writes: an exception ends the run FAILED (recorded), Ctrl-C (Lightning turns it
+    into SystemExit) or SystemExit KILLED. The exception goes on unchanged, even where the run cannot
+    be ended (an unreachable store: its lease then tells)."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
-        end_run(client, run_id, "KILLED")
+    except (KeyboardInterrupt, SystemExit) as error:
+        _end_after(error, client, run_id, "KILLED")
         raise
     except Exception as error:
-        end_run(client, run_id, "FAILED", error)
+        _end_after(error, client, run_id, "FAILED")
         raise
-    end_run(client, run_id, "FINISHED")
+
+
+def _end_after(error: BaseException, client: MlflowClient, run_id: str, status: str) -> None:
+    try:
+        end_run(client, run_id, status, error if status == "FAILED" else None)
+    except Exception as ending_error:
+        error.add_note(f"run {run_id} could not be ended {status} ({type(ending_error).__name__}: {ending_error}); "
+                       "the next normexp command on the store ends it KILLED once its lease runs out")
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

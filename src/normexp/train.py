@@ -9,14 +9,12 @@ from dataclasses import asdict, dataclass, field
 
 import hydra
 import pytorch_lightning as pl
-from pytorch_lightning.accelerators import AcceleratorRegistry
 import torch
 from torch import nn
 
 from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, stores, sweep, threads, tracking
 from normexp.callbacks import CallbackGroup, DivergenceGuard, EpochHistory
-from normexp.errors import ConfigError
-from normexp.module import Classifier, check_optim
+from normexp.module import Classifier
 
 
 def _quiet_lightning() -> None:
@@ -67,22 +65,11 @@ class Outcome:
 
 def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
     """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
-    config.refuse_added_keys(cfg)
-    _check_trainer(cfg.trainer)
-    check_optim(cfg.optim)
-    models.check_input(cfg.model, cfg.dataset)
+    config.check(cfg)
     splits = data.load(cfg.dataset, cfg.seed)
-    model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes, cfg.dataset.batch_size)
+    model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes)
     stores.check(cfg.tracking)
     return splits, model
-
-
-def _check_trainer(cfg) -> None:
-    if cfg.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={cfg.max_epochs} must be >= 1; e.g. trainer.max_epochs=10")
-    known = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
-    if cfg.accelerator not in known:
-        raise ConfigError(f"unknown trainer.accelerator '{cfg.accelerator}'; expected one of {', '.join(known)}")
 
 
 def _open_run(cfg, parent_run_id: str | None, model: nn.Module) -> tuple:

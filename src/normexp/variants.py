@@ -4,8 +4,7 @@ and training runs grouped into variants (a config minus its seed). No torch: rep
 import math
 from dataclasses import dataclass
 
-NORMS = ("none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch")  # in display order: none first
-PLACEMENTS = ("pre", "post")
+from normexp.config import NORMS, PLACEMENTS  # in display order: none first
 
 # Config params that name a variant, with their column names, in display order.
 AXES = {"norm.kind": "norm", "norm.placement": "placement", "model.name": "model", "optim.name": "optim",
