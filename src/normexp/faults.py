@@ -46,7 +46,7 @@ def _explain_one(error: BaseException) -> str | None:
         return (f"the tracking server {server} stopped answering ({type(error).__name__}); {LEFT_RUNNING}: "
                 "start it again, then run the command again")
     if isinstance(error, OSError) and error.errno in FULL | UNWRITABLE:
-        where = f"{error.filename}" if error.filename else "a file of the run"
+        where = error.filename2 or error.filename or "a file of the run"  # a move's: where it was going
         if error.errno in FULL:
             return (f"no space left on the device of {where} ({error.strerror}); free space there, or put the "
                     "artifacts and checkpoints on another disk with tracking.artifact_root=<folder>")
