@@ -19,7 +19,7 @@ run: $(VENV)/.installed
 	$(PY) -m normexp.train -m experiment=convergence dataset=digits
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Every question's preset on Fashion-MNIST over 3 seeds; writes docs/answers.md (figures in docs/answers/) and README's summary.
 answers: $(VENV)/.installed

@@ -108,3 +108,18 @@ def slurm_env(tmp_path):
     need("slurm")
     with servers.slurm(tmp_path / "slurm") as env:
         yield env
+
+
+# The modules whose tests start whole sweeps, searches and servers, in the order of their cost on the
+# 2-core machine (`make test` prints the 15 slowest tests). They go first, so that parallel workers do
+# not end on a long test while the others sit idle.
+SLOW_MODULES = ("test_scale_out.py", "test_sweep.py", "test_workers.py", "test_train.py", "test_search.py",
+                "test_report.py", "test_experiments.py", "test_answers.py")
+
+
+def pytest_collection_modifyitems(items):
+    def cost_rank(item):
+        name = item.path.name
+        return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
+
+    items.sort(key=cost_rank)  # stable: each module keeps its own order
