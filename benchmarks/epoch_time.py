@@ -50,7 +50,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from normexp import data, train
-from normexp.module import Classifier
+from normexp.training.classifier import Classifier
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,4 @@
-"""Cost of the probes (normexp.probes): wall seconds per epoch with probes on vs off, default MLP + BN.
+"""Cost of the probes (normexp.probes.norm_params): wall seconds per epoch with probes on vs off, default MLP + BN.
 
     python benchmarks/probe_overhead.py [--epochs 10] [--repeats 3]
 
@@ -9,7 +9,7 @@ alternate off / on so machine load hits both alike; figures are medians over all
   in-run     = (epoch-end s on - epoch-end s off) / (epoch s on - epoch-end s on): the probes' share
                measured inside the same epochs, so it holds up on a loaded machine
 The end-of-run work (tables, histogram file, figures) is reported apart, in seconds per run.
---gradients: the gradient-flow probe alone (normexp.gradients, which works at every step, not only at
+--gradients: the gradient-flow probe alone (normexp.probes.gradients, which works at every step, not only at
 epoch ends): probes off, plus a GradientFlow whose hooks are timed; its share = seconds in its hooks /
 the rest of the epoch, medians over all epochs.
 Data: digits, and Fashion-MNIST shrunk to 6,000 training images when its files are installed in
@@ -27,8 +27,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from normexp import train
-from normexp.gradients import GradientFlow
-from normexp.metrics import MetricBuffer
+from normexp.probes.gradients import GradientFlow
+from normexp.tracking.metrics import MetricBuffer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

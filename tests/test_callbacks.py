@@ -1,4 +1,4 @@
-"""normexp.callbacks: the divergence guard, driven by a real Lightning fit whose losses are scripted."""
+"""normexp.training.callbacks: the divergence guard, driven by a real Lightning fit whose losses are scripted."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from normexp.callbacks import CallbackGroup, DivergenceGuard
+from normexp.training.callbacks import CallbackGroup, DivergenceGuard
 
 
 class ScriptedLoss(pl.LightningModule):

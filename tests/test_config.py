@@ -1,4 +1,4 @@
-"""normexp.config: the schemas type every value, so Hydra refuses a wrong type or an unknown key while
+"""normexp.config.schema: the schemas type every value, so Hydra refuses a wrong type or an unknown key while
 composing, before any data is loaded or run exists."""
 
 import subprocess
@@ -8,7 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from normexp import config, train
+from normexp import train
+from normexp.config import schema
 from normexp.errors import ConfigError
 
 OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": ["mlp", "mlp_deep", "cnn", "cnn_modern", "seq"],
@@ -18,8 +19,8 @@ OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in OPTIONS.items() for o in options])
 def test_every_option_is_typed_by_its_schema(compose_cfg, group, option):
     cfg = compose_cfg(f"{group}={option}")
-    assert issubclass(OmegaConf.get_type(cfg[group]), {"dataset": config.DatasetConfig, "model": config.ModelConfig,
-                                                       "norm": config.NormConfig, "optim": config.OptimConfig}[group])
+    assert issubclass(OmegaConf.get_type(cfg[group]), {"dataset": schema.DatasetConfig, "model": schema.ModelConfig,
+                                                       "norm": schema.NormConfig, "optim": schema.OptimConfig}[group])
 
 
 @pytest.mark.parametrize("override, message", [

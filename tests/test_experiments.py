@@ -9,8 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from normexp import config, data, models, train
-from normexp.stores import PROJECT_ROOT
+from normexp import data, train
+from normexp.config import schema
+from normexp.models import networks
+from normexp.tracking.stores import PROJECT_ROOT
 
 from .conftest import CONF_DIR
 
@@ -49,8 +51,8 @@ def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits
                 key, value = override.split("=", 1)
                 chosen = cfg[key][GROUPS[key]] if key in GROUPS else OmegaConf.select(cfg, key)
                 assert str(chosen) == value, (name, override)
-            config.check(cfg)
-            models.build(cfg.model, cfg.norm, INPUT_SHAPES[cfg.dataset.name], 10)
+            schema.check(cfg)
+            networks.build(cfg.model, cfg.norm, INPUT_SHAPES[cfg.dataset.name], 10)
             if dataset:  # small enough to load: every epoch has at least one training batch
                 assert cfg.dataset.name == "digits"
                 assert len(data.load(cfg.dataset, cfg.seed).train) >= cfg.dataset.batch_size, (name, job)

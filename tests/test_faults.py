@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from normexp import stores, tracking
+from normexp.tracking import lifecycle, stores
 from tests import servers
 from tests.mounts import remount_read_only, tmpfs
 
@@ -103,6 +103,6 @@ def test_a_tracking_server_stopped_mid_run_ends_the_command_and_the_next_one_end
     store = stores.Client(backend)
     assert store.get_run(run_id).info.status == "RUNNING"  # nothing could be written
     time.sleep(3)  # tracking.lease_s: the lease, no longer renewed, runs out
-    assert tracking.reap_expired(store) == [run_id]  # what the next command does first
+    assert lifecycle.reap_expired(store) == [run_id]  # what the next command does first
     assert store.get_run(run_id).info.status == "KILLED" and "lease expired" in store.get_run(run_id).data.tags[
         "killed_reason"]

@@ -1,4 +1,4 @@
-"""normexp.gradients: the per-epoch gradient norm and update ratio of every hidden block, against a
+"""normexp.probes.gradients: the per-epoch gradient norm and update ratio of every hidden block, against a
 plain per-step computation of the same quantities in the same run."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 
 from normexp import train
-from normexp.models import hidden_blocks
+from normexp.models.networks import hidden_blocks
 
 
 class StepByStep(pl.Callback):

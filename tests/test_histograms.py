@@ -1,9 +1,9 @@
-"""normexp.histograms: histograms of finite values, and their file in an MLflow run."""
+"""normexp.analysis.histograms: histograms of finite values, and their file in an MLflow run."""
 
 import numpy as np
 
-from normexp import histograms
-from normexp.histograms import HistogramSeries
+from normexp.analysis import histograms
+from normexp.analysis.histograms import HistogramSeries
 
 
 def test_histogram_ignores_non_finite_values_and_handles_constants():

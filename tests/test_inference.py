@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from normexp import models, scratch
-from normexp.inference import (fold_batchnorm, fold_max_abs_diff, inference_metrics, ms_per_batch,
+from normexp.models import networks, scratch
+from normexp.probes.inference import (fold_batchnorm, fold_max_abs_diff, inference_metrics, ms_per_batch,
                                running_stat_norms)
 from tests.conftest import compose
 
@@ -14,7 +14,7 @@ FOLD_TOLERANCE = 1e-4
 def build(model, norm, **overrides):
     """The real block structure: model=<model> norm=<norm> as composed, with `overrides` on the norm."""
     cfg = compose("train", f"model={model}", f"norm={norm}", *(f"norm.{k}={v}" for k, v in overrides.items()))
-    return models.build(cfg.model, cfg.norm, MNIST_SHAPE, 10, batch_size=32)
+    return networks.build(cfg.model, cfg.norm, MNIST_SHAPE, 10)
 
 
 def trained_ish(model, seed=0):

@@ -1,8 +1,8 @@
-"""normexp.metrics: Lightning's logger never ends the run, and the probes' metric buffer."""
+"""normexp.tracking.metrics: Lightning's logger never ends the run, and the probes' metric buffer."""
 
 from omegaconf import OmegaConf
 
-from normexp.metrics import MetricBuffer, MetricsLogger
+from normexp.tracking.metrics import MetricBuffer, MetricsLogger
 
 
 def new_run(client, experiment_name: str) -> str:

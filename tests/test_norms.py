@@ -1,11 +1,11 @@
-"""normexp.norms: which layer each norm kind makes."""
+"""normexp.models.norms: which layer each norm kind makes."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normexp import norms, scratch
+from normexp.models import norms, scratch
 from tests.conftest import compose
 
 
@@ -50,7 +50,7 @@ def dead_feature_batch() -> torch.Tensor:
 
 
 def test_torch_batchnorm_refuses_eps_zero_in_training():
-    # The reason norm=bn refuses eps=0 up front (normexp.relations) rather than failing mid-run.
+    # The reason norm=bn refuses eps=0 up front (normexp.config.relations) rather than failing mid-run.
     with pytest.raises(ValueError, match="eps must be positive during training"):
         F.batch_norm(dead_feature_batch(), None, None, training=True, eps=0.0)
 

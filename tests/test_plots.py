@@ -3,8 +3,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from normexp import plots
-from normexp.histograms import HistogramSeries
+from normexp.analysis import plots
+from normexp.analysis.histograms import HistogramSeries
 
 
 def series(epochs: int, shift: float) -> HistogramSeries:

@@ -5,7 +5,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from normexp import data, histograms, probes, train
+from normexp import data, probes, train
+from normexp.analysis import histograms
 from normexp.errors import ConfigError
 
 FIGURES = {"plots/gamma_beta.png", "plots/activation_evolution.png", "plots/before_after_norm.png"}

@@ -1,15 +1,15 @@
-"""normexp.relations: values each in its domain that do not fit together are refused with the fix,
-as normexp.config.check sees them (composed, before data, model or store)."""
+"""normexp.config.relations: values each in its domain that do not fit together are refused with the fix,
+as normexp.config.schema.check sees them (composed, before data, model or store)."""
 
 import pytest
 
-from normexp import config
+from normexp.config import schema
 from normexp.errors import ConfigError
 from tests.conftest import compose
 
 
 def check(*overrides: str, name: str = "train") -> None:
-    config.check(compose(name, *overrides))
+    schema.check(compose(name, *overrides))
 
 
 @pytest.mark.parametrize("overrides, message", [

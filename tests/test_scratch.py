@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from normexp import scratch
-from normexp.scratch import (CHECK_SHAPES, COLUMNS, GROUP_SHAPES, TOLERANCE, BatchNorm, LayerNorm, compare_group_norm,
-                             compare_with_torch, gradcheck_functions, main)
+from normexp.models.scratch import BatchNorm, LayerNorm
+from normexp.scratch import (CHECK_SHAPES, COLUMNS, GROUP_SHAPES, TOLERANCE, compare_group_norm, compare_with_torch,
+                             gradcheck_functions, main)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

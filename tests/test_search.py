@@ -18,8 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from normexp import bracket, search, study as studies
+from normexp import search
 from normexp.errors import ConfigError
+from normexp.stable_lr import bracket, study as studies
 from tests.conftest import compose_search
 
 VENV_BIN = Path(sys.executable).parent
@@ -204,7 +205,7 @@ def test_pruned_trials_end_their_runs_finished_and_count_as_unstable(tracking_ur
 @pytest.mark.parametrize("bad, message", [
     (["search.lr_min=10", "search.lr_max=1"], "search.lr_min=10"),
     (["search.seeds=0"], "search.seeds=0"),
-    (["norm.kind=bm"], "unknown norm 'bm'"),
+    (["norm.kind=bm"], "norm.kind=bm must be one of none, bn, ln, gn, in"),
 ])
 def test_bad_input_is_refused_before_any_study_or_run(tracking_uri, experiment_name, mlflow_client, tmp_path,
                                                       bad, message):

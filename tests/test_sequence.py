@@ -1,11 +1,13 @@
-"""normexp.sequence: the row-by-row transformer, its padding mask and its masked BatchNorm."""
+"""normexp.models.sequence: the row-by-row transformer, its padding mask and its masked BatchNorm."""
 
 import pytest
 import torch
 from torch import nn
 
-from normexp import inference, models, train
-from normexp.sequence import SequenceClassifier
+from normexp import train
+from normexp.models import networks
+from normexp.models.sequence import SequenceClassifier
+from normexp.probes import inference
 
 DIGITS_SHAPE = (1, 8, 8)
 LENGTHS = [8, 5, 3, 8, 6, 4]  # rows kept per image
@@ -14,7 +16,7 @@ LENGTHS = [8, 5, 3, 8, 6, 4]  # rows kept per image
 def build(compose_cfg, *overrides) -> SequenceClassifier:
     cfg = compose_cfg("model=seq", *overrides)
     torch.manual_seed(0)
-    return models.build(cfg.model, cfg.norm, DIGITS_SHAPE, 10)
+    return networks.build(cfg.model, cfg.norm, DIGITS_SHAPE, 10)
 
 
 def padded_batch() -> torch.Tensor:
@@ -27,9 +29,9 @@ def padded_batch() -> torch.Tensor:
 
 def test_blocks_are_named_like_the_mlps_so_probes_find_them(compose_cfg):
     model = build(compose_cfg, "norm=bn")
-    assert list(models.hidden_blocks(model)) == ["block1", "block2"]
-    assert all(isinstance(norm, nn.BatchNorm1d) for norm in models.norm_layers(model).values())
-    assert models.norm_layers(build(compose_cfg, "norm=none")) == {}
+    assert list(networks.hidden_blocks(model)) == ["block1", "block2"]
+    assert all(isinstance(norm, nn.BatchNorm1d) for norm in networks.norm_layers(model).values())
+    assert networks.norm_layers(build(compose_cfg, "norm=none")) == {}
     assert model(padded_batch()).shape == (6, 10)
 
 

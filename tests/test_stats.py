@@ -1,10 +1,10 @@
-"""normexp.stats: statistics over seeds and how a cell shows them."""
+"""normexp.analysis.stats: statistics over seeds and how a cell shows them."""
 
 import math
 
 import pytest
 
-from normexp.stats import describe, interval, numbers, paired_cell, shown
+from normexp.analysis.stats import describe, interval, numbers, paired_cell, shown
 
 
 def test_statistics_over_seeds_skip_missing_values():

@@ -1,9 +1,9 @@
-"""normexp.study: opening and resuming an Optuna study in a temporary SQLite storage."""
+"""normexp.stable_lr.study: opening and resuming an Optuna study in a temporary SQLite storage."""
 
 import pytest
 
-from normexp import study as studies
 from normexp.errors import ConfigError
+from normexp.stable_lr import study as studies
 from tests.conftest import compose_search
 
 

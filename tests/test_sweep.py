@@ -1,4 +1,4 @@
-"""normexp.sweep: Hydra multiruns of `python -m normexp.train` as MLflow parent and child runs, in the
+"""normexp.tracking.sweep: Hydra multiruns of `python -m normexp.train` as MLflow parent and child runs, in the
 session's temporary store; a failed job, SIGINT and SIGTERM, with Hydra's basic (serial) launcher and
 with its joblib launcher (jobs in worker processes)."""
 
@@ -11,7 +11,8 @@ import time
 import optuna
 import pytest
 
-from normexp import sweep, workers
+from normexp.stable_lr import workers
+from normexp.tracking import sweep
 
 
 def run_cli(*args, cwd):

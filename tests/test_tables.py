@@ -1,8 +1,8 @@
-"""normexp.tables: one table as Markdown and CSV, written to a run and to a folder."""
+"""normexp.analysis.tables: one table as Markdown and CSV, written to a run and to a folder."""
 
 from pathlib import Path
 
-from normexp import tables
+from normexp.analysis import tables
 
 
 def example() -> tables.Table:

@@ -8,8 +8,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from normexp import checkpoints, histograms, train
+from normexp import train
+from normexp.analysis import histograms
 from normexp.errors import ConfigError
+from normexp.training import checkpoints
 
 MODELS = ("mlp", "mlp_deep", "cnn", "cnn_modern")
 NORMS = ("none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch")

@@ -1,6 +1,7 @@
-"""normexp.variants: variant names, the params that name a variant, grouping by seed."""
+"""normexp.analysis.variants: variant names, the params that name a variant, grouping by seed."""
 
-from normexp.variants import RunData, common_settings, group, variant_keys, variant_name
+from normexp.analysis.results import RunData
+from normexp.analysis.variants import common_settings, group, variant_keys, variant_name
 
 
 def run(seed: int, **params) -> RunData:

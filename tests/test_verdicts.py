@@ -1,7 +1,7 @@
-"""normexp.verdicts: each claim's verdict on hand-made runs, paired by seed."""
+"""normexp.analysis.verdicts: each claim's verdict on hand-made runs, paired by seed."""
 
-from normexp import verdicts
-from normexp.variants import RunData
+from normexp.analysis import verdicts
+from normexp.analysis.results import RunData
 
 
 def run(seed: int, norm: str, reached: float | None, final: float, **params) -> RunData:

@@ -1,4 +1,4 @@
-"""normexp.workers: search workers sharing one study in a real SQLite storage: claims, leases, and a real
+"""normexp.stable_lr.workers: search workers sharing one study in a real SQLite storage: claims, leases, and a real
 2-worker search in which one worker is killed mid-trial and another trains its rate again."""
 
 import math
@@ -12,7 +12,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from normexp import search, study as studies, workers
+from normexp import search
+from normexp.stable_lr import study as studies, workers
 from tests.conftest import compose_search
 
 

@@ -7,7 +7,7 @@ question linking to its section; table and page come from the same verdicts, so 
     python -m normexp.answers --only convergence --set trainer.max_epochs=2 --set dataset=digits
     python -m normexp.answers --from-runs                     # judge the stored sweeps again, train nothing
 
-The verdicts themselves are normexp.verdicts.
+The verdicts themselves are normexp.analysis.verdicts.
 """
 
 import argparse
@@ -25,9 +25,12 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from normexp import report, stores, sweep, threads, verdicts
+from normexp import report, threads
+from normexp.analysis import verdicts
+from normexp.analysis.results import RunData
+from normexp.analysis.variants import variant_keys
 from normexp.errors import ConfigError
-from normexp.variants import RunData, variant_keys
+from normexp.tracking import stores, sweep
 
 START, END = "<!-- summary:start (make answers rewrites this table) -->", "<!-- summary:end -->"
 DOCS = stores.PROJECT_ROOT / "docs"  # the page answers.md; its figures in answers/
@@ -46,7 +49,7 @@ class Answer:
     question: Question
     title: str         # the question as its experiment states it: the page's section heading
     section: str       # the page's Markdown of this answer
-    verdict: str       # the verdict sentence (normexp.verdicts), in the section and in the summary row
+    verdict: str       # the verdict sentence (normexp.analysis.verdicts), in the section and in the summary row
     seeds: int
     minutes: float     # the sweep's wall time
     ended: datetime    # when the sweep ended
@@ -140,7 +143,7 @@ def anchor(heading: str) -> str:
 
 
 def split_verdict(sentence: str) -> tuple[str, str]:
-    """A verdict sentence (normexp.verdicts) as (verdict, evidence): its first words, up to the first
+    """A verdict sentence (normexp.analysis.verdicts) as (verdict, evidence): its first words, up to the first
     '. ' or '; ', are the verdict."""
     cuts = [i for i in (sentence.find(". "), sentence.find("; ")) if i >= 0]
     cut = min(cuts, default=len(sentence))
@@ -157,7 +160,7 @@ def summary(answers: list[Answer], link: str) -> str:
     return "\n".join(lines)
 
 
-# How each run of the sweeps is judged (normexp.callbacks, the outcome/* metrics): the page's last section,
+# How each run of the sweeps is judged (normexp.training.callbacks, the outcome/* metrics): the page's last section,
 # as a reader of the verdicts needs it.
 RUN_VERDICT = """## The verdict of every run
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from normexp.errors import ConfigError
+from normexp.config.schema import DatasetConfig
 
 # Raw IDX file stems shared by MNIST and Fashion-MNIST (each may also end in .gz).
 IDX_FILES = {
@@ -81,7 +82,7 @@ class Batches:
             yield self.split.x[index], self.split.y[index]
 
 
-def load(cfg, seed: int) -> DataSplits:
+def load(cfg: DatasetConfig, seed: int) -> DataSplits:
     """Load `cfg.name` as standardized tensors split into train / val / test (seeded)."""
     if cfg.name == "digits":
         images, labels = _digits()
@@ -105,7 +106,7 @@ def load(cfg, seed: int) -> DataSplits:
     return DataSplits(*splits, num_classes=num_classes)
 
 
-def _standardizer(cfg):
+def _standardizer(cfg: DatasetConfig):
     mean = torch.tensor(list(cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -120,7 +121,7 @@ def _pad_rows(x: torch.Tensor, min_length: int, seed: int) -> None:
     seeded (an image keeps its length every epoch); the rows after it become NaN, the padding that
     model=seq masks. NaN rather than a separate mask keeps batches plain (x, y)."""
     height = x.shape[2]
-    if min_length > height:  # >= 1: its domain (normexp.config)
+    if min_length > height:  # >= 1: its domain (normexp.config.schema)
         raise ConfigError(f"dataset.min_length={min_length} must be in 1..{height} (the image height); "
                           f"e.g. dataset.min_length={height // 2}")
     generator = torch.Generator().manual_seed(seed)
@@ -137,7 +138,7 @@ def _split_off(images, labels, fraction: float, seed: int):
     return (images[kept], labels[kept]), (images[held], labels[held])
 
 
-def _subset(train, cfg, seed: int):
+def _subset(train, cfg: DatasetConfig, seed: int):
     images, labels = train
     n = len(labels)
     if cfg.train_size is not None:
@@ -217,7 +218,7 @@ def _has_idx_files(folder: Path) -> bool:
     return all(_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair)
 
 
-def _idx_dataset(cfg):
+def _idx_dataset(cfg: DatasetConfig):
     if cfg.root is not None:
         root = Path(cfg.root)
         if not _has_idx_files(root):
@@ -233,7 +234,7 @@ def _idx_dataset(cfg):
     return _torchvision_dataset(cfg)
 
 
-def _torchvision_dataset(cfg):
+def _torchvision_dataset(cfg: DatasetConfig):
     import torchvision.datasets as tvd
 
     dataset_class = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[cfg.name]

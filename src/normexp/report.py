@@ -4,8 +4,8 @@
     python -m normexp.report --experiment convergence --filter "tags.norm = 'bn'"
     python -m normexp.report --compare-activations RUN_A RUN_B --layer hidden1
 
-Runs that differ only by seed form one variant (normexp.variants); the config params that vary across
-the runs name the variants and decide which tables (normexp.comparisons) and figures appear.
+Runs that differ only by seed form one variant (normexp.analysis.variants); the config params that vary across
+the runs name the variants and decide which tables (normexp.analysis.comparisons) and figures appear.
 """
 
 import argparse
@@ -22,11 +22,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
-from normexp import comparisons, histograms, plots, stores, tracking, variants
+from normexp.analysis import comparisons, histograms, plots, variants
+from normexp.analysis.results import RunData
+from normexp.analysis.stats import describe
+from normexp.analysis.tables import Table
+from normexp.analysis.variants import Variant
 from normexp.errors import ConfigError
-from normexp.stats import describe
-from normexp.tables import Table
-from normexp.variants import RunData, Variant
+from normexp.tracking import faults, lifecycle, stores
 
 ARTIFACT_DIR = "report"  # in the parent run: report/report.md, report/<table>.csv, report/<figure>.png
 
@@ -54,14 +56,7 @@ class Report:
 # ---- Reading runs from MLflow ------------------------------------------------------------------
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            return runs
+    return lifecycle.pages(client.search_runs, [experiment_id], filter_string, order_by=["attributes.start_time ASC"])
 
 
 def sweep_runs(client: MlflowClient, parent_run_id: str) -> list:
@@ -128,7 +123,7 @@ def _accuracy_series(grouped: list[Variant], keys: list[str], x_key: str) -> dic
     others = [k for k in keys if k != x_key]
     series = {}
     for v in grouped:
-        mean, std, _ = describe(r.metric("outcome/final_val_acc") for r in v.runs)
+        mean, std, _ = describe(r.outcome.final_val_acc for r in v.runs)
         point = (float(v.values[x_key]), mean, std, any(r.diverged for r in v.runs))
         series.setdefault(v.label(others), []).append(point)
     return {label: tuple(np.array(values) for values in zip(*points)) for label, points in series.items()}
@@ -149,7 +144,7 @@ def _gradient_series(grouped: list[Variant], keys: list[str]) -> dict[str, np.nd
 def figures(grouped: list[Variant], keys: list[str], target_acc: float | None) -> dict[str, Figure]:
     loss = {v.label(keys): mean_curve([r.train_loss for r in v.runs]) for v in grouped}
     acc = {v.label(keys): mean_curve([r.val_acc for r in v.runs]) for v in grouped}
-    reached = {v.label(keys): describe(r.metrics.get("outcome/epochs_to_target") for r in v.runs)[0] for v in grouped}
+    reached = {v.label(keys): describe(r.outcome.epochs_to_target for r in v.runs)[0] for v in grouped}
     result = {"curves": plots.overlay_curves(loss, acc, reached, target_acc)}
     for x_key, name in (("optim.lr", "learning rate"), ("dataset.batch_size", "batch size"),
                         ("model.init_scale", "init scale"), ("model.depth", "depth"), ("norm.momentum", "BN momentum")):
@@ -223,6 +218,11 @@ def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str
     series, labels = [], []
     for run_id in (run_a, run_b):
         try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise ConfigError(f"--compare-activations: no run '{run_id}' in {client.tracking_uri}; pass two run ids "
+                              "of training runs (the MLflow UI shows them)") from None
+        try:
             by_layer = histograms.load(client, run_id)
         except (MlflowException, OSError):
             raise ConfigError(f"run '{run_id}' has no {histograms.ARTIFACT} artifact in {client.tracking_uri}; "
@@ -234,9 +234,13 @@ def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str
     return plots.activation_evolution_pair(series[0], series[1], tuple(labels), layer)
 
 
+def tracking_defaults():
+    """conf/tracking/default.yaml: the store `python -m normexp.train` writes to by default, its server timeout."""
+    return OmegaConf.load(stores.PROJECT_ROOT / "conf" / "tracking" / "default.yaml")
+
+
 def default_tracking_uri() -> str:
-    """The store `python -m normexp.train` writes to by default (conf/tracking/default.yaml)."""
-    return stores.tracking_uri(OmegaConf.load(stores.PROJECT_ROOT / "conf" / "tracking" / "default.yaml"))
+    return stores.tracking_uri(tracking_defaults())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -256,31 +260,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    """The CLI; returns the paths of the files written."""
+    """The CLI; returns the paths of the files written. Bad input is one line and exit status 2 (argparse's);
+    a fault of the machine (a full disk, a silent server) one line and 1; anything else keeps its traceback."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.filter and not args.experiment:
         parser.error("--filter goes with --experiment")
-    client = MlflowClient(args.tracking_uri)
-    tracking.reap_expired(client)  # first, runs whose process died end KILLED
-    reports = stores.PROJECT_ROOT / "reports"
     try:
-        if args.compare_activations:
-            fig = compare_activations(client, *args.compare_activations, args.layer)
-            path = (args.out or reports / "-".join(r[:8] for r in args.compare_activations)) / f"activations_{args.layer}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
-            plots.plt.close(fig)
-            print(f"wrote {path}")
-            return [path]
-        if args.parent:
-            report, out = build_report(client, args.parent), args.out or reports / args.parent
-        else:
-            title = f"Report: experiment {args.experiment}" + (f" where {args.filter}" if args.filter else "")
-            report = report_from_runs(client, experiment_runs(client, args.experiment, args.filter), title)
-            out = args.out or reports / args.experiment
+        return _write(args)
     except ConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except Exception as error:
+        if not faults.explain(error):
+            raise
+        parser.exit(1, f"{parser.prog}: error: {faults.explain(error)}\n")
+
+
+def _write(args) -> list[Path]:
+    stores.check_to_read(args.tracking_uri, "--tracking-uri", tracking_defaults().server_timeout_s)
+    if args.out:
+        stores.check_writable(args.out, "--out", str(args.out), "--out /tmp/report")
+    client = MlflowClient(args.tracking_uri)
+    lifecycle.reap_expired(client)  # first, runs whose process died end KILLED
+    reports = stores.PROJECT_ROOT / "reports"
+    if args.compare_activations:
+        fig = compare_activations(client, *args.compare_activations, args.layer)
+        path = (args.out or reports / "-".join(r[:8] for r in args.compare_activations)) / f"activations_{args.layer}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plots.plt.close(fig)
+        print(f"wrote {path}")
+        return [path]
+    if args.parent:
+        report, out = build_report(client, args.parent), args.out or reports / args.parent
+    else:
+        title = f"Report: experiment {args.experiment}" + (f" where {args.filter}" if args.filter else "")
+        report = report_from_runs(client, experiment_runs(client, args.experiment, args.filter), title)
+        out = args.out or reports / args.experiment
     try:
         print(report.markdown)
         written = save(report, out)

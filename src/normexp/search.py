@@ -3,8 +3,8 @@
 A learning rate is *stable* when training for `search.epochs` epochs does not diverge and reaches
 the data set's `converge_acc`, for every one of `search.seeds` seeds.
 
-The strategy is normexp.bracket; the Optuna study, normexp.study; the trials are trained by
-normexp.workers (search.workers processes sharing the study). Each rate is an Optuna trial with
+The strategy is normexp.stable_lr.bracket; the Optuna study, normexp.stable_lr.study; the trials are trained by
+normexp.stable_lr.workers (search.workers processes sharing the study). Each rate is an Optuna trial with
 objective log10(lr) when stable and UNSTABLE otherwise, maximized; an unstable rate stops early (at
 the step it diverges, at its first failing seed).
 """
@@ -17,14 +17,18 @@ import optuna
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
-from normexp import cli, plots, stores, study as studies, sweep, tracking, train, workers
+from normexp import train
+from normexp.analysis import plots
+from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
-from normexp.study import DECIDED
-from normexp.variants import variant_name
+from normexp.stable_lr import study as studies, workers
+from normexp.stable_lr.study import DECIDED
+from normexp.tracking import commands, lifecycle, stores, sweep
+from normexp.config.schema import SearchRunConfig, TrainConfig
 
 
-def check(cfg) -> None:
-    """Refuse bad input before any study or MLflow run exists: the values (normexp.config.check, which
+def check(cfg: SearchRunConfig) -> None:
+    """Refuse bad input before any study or MLflow run exists: the values (normexp.config.schema.check, which
     train.prepare makes), the pruner and the Optuna storage."""
     if cfg.trainer.resume:
         raise ConfigError("trainer.resume=true is for normexp.train; a search resumes its study by itself: run the "
@@ -38,10 +42,10 @@ def check(cfg) -> None:
     stores.check_optuna(studies.storage_url(cfg))
 
 
-def parent_run(cfg, study: optuna.Study) -> tuple:
+def parent_run(cfg: SearchRunConfig, study: optuna.Study) -> tuple:
     """The study's MLflow run: created once (a child of the sweep's run in a multirun) and reused when
     the study resumes; its child runs left RUNNING by a killed search are marked KILLED."""
-    client, experiment_id = tracking.client_and_experiment(cfg.tracking)
+    client, experiment_id = lifecycle.client_and_experiment(cfg.tracking)
     sweep_run_id = sweep.parent_run_id()
     tags = {"variant": variant_name(cfg.norm.kind, cfg.norm.placement), "study": study.study_name,
             "optuna_storage": studies.storage_url(cfg),
@@ -54,21 +58,21 @@ def parent_run(cfg, study: optuna.Study) -> tuple:
     if reusable and client.get_run(run_id).info.status == "RUNNING":
         # Another search on the study now (this machine or another), or one killed before its lease ran
         # out: share the run; runs its killed workers left RUNNING end KILLED when the study is done.
-        tracking.join_run(client, run_id, cfg.tracking)
+        lifecycle.join_run(client, run_id, cfg.tracking)
     elif reusable:
-        tracking.reopen_run(client, run_id, cfg.tracking)
+        lifecycle.reopen_run(client, run_id, cfg.tracking)
         if sweep_run_id:
-            tracking.set_tags(client, run_id, {"mlflow.parentRunId": sweep_run_id, "sweep": sweep_run_id})
+            lifecycle.set_tags(client, run_id, {"mlflow.parentRunId": sweep_run_id, "sweep": sweep_run_id})
     else:
         # The learning rate is what the study searches: no single value belongs in the params.
         named = OmegaConf.merge(cfg, {"tracking": {"run_name": study.study_name}})
-        _, run_id = tracking.start_run(named, sweep_run_id, extra_params={"optim.lr": "searched"})
+        _, run_id = lifecycle.start_run(named, sweep_run_id, extra_params={"optim.lr": "searched"})
         study.set_user_attr("mlflow_run_id", run_id)
-    tracking.set_tags(client, run_id, tags)
+    lifecycle.set_tags(client, run_id, tags)
     return client, run_id
 
 
-def log_evidence(study: optuna.Study, cfg, client, parent_id: str, summary: dict) -> None:
+def log_evidence(study: optuna.Study, cfg: TrainConfig, client, parent_id: str, summary: dict) -> None:
     """Final val accuracy of every seed run against its rate (the plot) and the trials table."""
     points = []  # (lr, final val acc, 'stable' | 'unstable' | 'diverged')
     for t in study.get_trials(deepcopy=False, states=DECIDED):
@@ -81,21 +85,20 @@ def log_evidence(study: optuna.Study, cfg, client, parent_id: str, summary: dict
     client.log_text(parent_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
 
 
-def run(cfg) -> dict:
+def run(cfg: TrainConfig) -> dict:
     """Run (or resume) the study of `cfg` until the boundary is bracketed; returns its summary."""
     check(cfg)
-    tracking.connect(cfg.tracking)  # first, runs whose process died end KILLED
+    lifecycle.connect(cfg.tracking)  # first, runs whose process died end KILLED
     # The same command started twice on this machine at once: one creates the study's run, the other joins it.
     with stores.one_at_a_time(f"{studies.storage_url(cfg)}#{studies.study_name(cfg)}"):
         study = studies.open_study(cfg)
         workers.fail_lost(study, cfg.tracking.lease_s)  # trials of a killed search: FAIL, their rates tried again
         client, parent_id = parent_run(cfg, study)
-    with tracking.ending(client, parent_id):
+    with lifecycle.ending(client, parent_id):
         workers.run(cfg, parent_id)  # until the bracket is found
         summary = studies.summarize(study, cfg)
         studies.log_bracket(client, parent_id, summary)
         log_evidence(study, cfg, client, parent_id, summary)
-        client.log_dict(parent_id, summary, sweep.STUDY_SUMMARY_ARTIFACT)  # read by the sweep's report
 
     def show(lr):
         return "none" if lr is None else f"{lr:.4g}"
@@ -106,10 +109,10 @@ def run(cfg) -> dict:
     return summary
 
 
-@cli.entry_point
+@commands.entry_point
 @sweep.reports_failed_sweeps
 @hydra.main(version_base=None, config_path="../../conf", config_name="search")
-def main(cfg) -> dict:
+def main(cfg: TrainConfig) -> dict:
     with sweep.hydra_job(cfg.tracking):
         return run(cfg)
 

@@ -31,7 +31,9 @@ def sweep_jobs_at_once() -> int:
     return n_jobs if n_jobs > 0 else max(1, cpus() + 1 + n_jobs)
 
 
-_sharing = 1  # the jobs_at_once of the last use(): a run's timings are only comparable with runs timed alike
+# The jobs_at_once of the last use(): a run's timings are only comparable with runs timed alike. Process
+# state, as torch's thread count is.
+_sharing = 1
 
 
 def sharing() -> int:

@@ -5,16 +5,24 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from normexp import checkpoints, cli, config, data, inference, metrics, models, plots, probes, stores, sweep, threads, tracking
-from normexp.callbacks import CallbackGroup, DivergenceGuard, EpochHistory
-from normexp.module import Classifier
+from normexp import data, probes, threads
+from normexp.analysis import plots
+from normexp.analysis.results import OutcomeMetrics
+from normexp.config import schema
+from normexp.models import networks
+from normexp.probes import inference
+from normexp.tracking import commands, lifecycle, metrics, stores, sweep
+from normexp.training import checkpoints
+from normexp.training.callbacks import CallbackGroup, DivergenceGuard, EpochHistory
+from normexp.training.classifier import Classifier
+from normexp.config.schema import TrainConfig
 
 
 def _quiet_lightning() -> None:
@@ -63,27 +71,27 @@ class Outcome:
                 f"{target}, test acc {self.test_acc:.4f}, {self.epoch_s:.2f} s/epoch  [run {self.run_id}]")
 
 
-def prepare(cfg) -> tuple[data.DataSplits, nn.Module]:
+def prepare(cfg: TrainConfig) -> tuple[data.DataSplits, nn.Module]:
     """The data and the model: everything that can refuse the config, run before any MLflow run exists."""
-    config.check(cfg)
+    schema.check(cfg)
     splits = data.load(cfg.dataset, cfg.seed)
-    model = models.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes)
+    model = networks.build(cfg.model, cfg.norm, splits.input_shape, splits.num_classes)
     stores.check(cfg.tracking)
     return splits, model
 
 
-def _open_run(cfg, parent_run_id: str | None, model: nn.Module) -> tuple:
+def _open_run(cfg: TrainConfig, parent_run_id: str | None, model: nn.Module) -> tuple:
     """(client, run id, checkpoint to resume from or None): a new run, or with trainer.resume=true the
     newest KILLED run of this config, RUNNING again."""
-    client = tracking.connect(cfg.tracking)  # first, runs whose process died end KILLED
+    client = lifecycle.connect(cfg.tracking)  # first, runs whose process died end KILLED
     if not cfg.trainer.resume:
-        return *tracking.start_run(cfg, parent_run_id, extra_params=models.parameter_counts(model)), None
+        return *lifecycle.start_run(cfg, parent_run_id, extra_params=networks.parameter_counts(model)), None
     run_id, checkpoint = checkpoints.find_killed_run(client, cfg)
-    tracking.reopen_run(client, run_id, cfg.tracking)
+    lifecycle.reopen_run(client, run_id, cfg.tracking)
     return client, run_id, checkpoint
 
 
-def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
+def run(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()) -> Outcome:
     """Train and test one configuration, tracked as one MLflow run (a child of `parent_run_id`)."""
     _quiet_lightning()
     _cached_cuda_check()
@@ -93,7 +101,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
     probing = probes.make_callbacks(cfg.probes, splits.val) if cfg.probes.enabled else []
 
     client, run_id, resume_from = _open_run(cfg, parent_run_id, model)
-    with tracking.ending(client, run_id):  # FINISHED only after the outcome and figures are written
+    with lifecycle.ending(client, run_id):  # FINISHED only after the outcome and figures are written
         batch_size = cfg.dataset.batch_size
         train_batches = data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
         checkpointing = checkpoints.Checkpointing(checkpoints.path(cfg.tracking, run_id), train_batches, history)
@@ -123,7 +131,7 @@ def run(cfg, parent_run_id: str | None = None, callbacks: list[pl.Callback] = ()
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
         if cfg.probes.enabled:
             x = splits.test.x[: cfg.probes.inference_batch_size].to(trainer.strategy.root_device)  # (N, C, H, W)
-            tracking.log_metrics(client, run_id, inference.inference_metrics(model, x, cfg.probes.inference_repeats))
+            lifecycle.log_metrics(client, run_id, inference.inference_metrics(model, x, cfg.probes.inference_repeats))
         _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
     checkpoints.remove(cfg.tracking, run_id)  # FINISHED: nothing left to resume
@@ -143,14 +151,14 @@ def epochs_to_target(val_acc: list[float], target: float) -> int | None:
     return None
 
 
-def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, test_acc: float) -> Outcome:
+def _outcome(cfg: TrainConfig, run_id: str, guard: DivergenceGuard, history: EpochHistory, test_acc: float) -> Outcome:
     val_acc = history.curve("val/acc")
     finite = [a for a in val_acc if math.isfinite(a)] or [0.0]
     diverged = guard.diverged_at_step is not None
     final = history.epochs[-1] if history.epochs else {}
     return Outcome(
         run_id=run_id,
-        name=tracking.run_name(cfg),
+        name=lifecycle.run_name(cfg),
         diverged=diverged,
         diverged_at_step=guard.diverged_at_step,
         diverged_reason=guard.reason,
@@ -169,7 +177,7 @@ def _outcome(cfg, run_id: str, guard: DivergenceGuard, history: EpochHistory, te
 
 def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
     """The verdict (and where it was trained) as tags, filterable in the MLflow UI; the figures as metrics."""
-    tracking.set_tags(client, run_id, {
+    lifecycle.set_tags(client, run_id, {
         "device": device,
         "threads": torch.get_num_threads(),  # normexp.threads: CPUs shared by the jobs at once; s/epoch depends on it
         "jobs_at_once": threads.sharing(),   # > 1: timed while other jobs shared the CPUs (reports say so)
@@ -178,17 +186,14 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
         **({"diverged_at_step": outcome.diverged_at_step, "diverged_reason": outcome.diverged_reason}
            if outcome.diverged else {}),
     })
-    figures = {k: v for k, v in asdict(outcome).items()
-               if k in ("best_val_acc", "final_val_acc", "train_val_gap", "epoch_s", "train_s", "epochs",
-                        "diverged_at_step", "epochs_to_target")
-               and v is not None}
-    tracking.log_metrics(client, run_id, {f"outcome/{k}": v for k, v in figures.items()})
+    figures = OutcomeMetrics(**{f.name: getattr(outcome, f.name) for f in fields(OutcomeMetrics)})
+    lifecycle.log_metrics(client, run_id, figures.as_metrics())
 
 
-@cli.entry_point
+@commands.entry_point
 @sweep.reports_failed_sweeps
 @hydra.main(version_base=None, config_path="../../conf", config_name="train")
-def main(cfg) -> Outcome:
+def main(cfg: TrainConfig) -> Outcome:
     with sweep.hydra_job(cfg.tracking) as parent_run_id:
         outcome = run(cfg, parent_run_id=parent_run_id)
     print(sweep.job_label() + outcome.summary(), flush=True)  # flushed: a joblib worker may be stopped, not exit
