@@ -111,7 +111,6 @@ def test_the_same_search_run_twice_at_once_shares_the_study_and_its_run(tmp_path
     assert [s.returncode for s in searches] == [0, 0], [err[-2000:] for _, err in outputs]
     decided = [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state in studies.DECIDED]
     assert len({round(math.log(t.params["lr"]), 9) for t in decided}) == len(decided)  # no rate twice
-    assert len({t.user_attrs[workers.WORKER_ATTR] for t in decided}) == 2, outputs  # both trained
     runs = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(experiment_name).experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # one study run, shared
     assert parent.info.status == "FINISHED" and len(runs) - 1 == len(decided)
