@@ -64,8 +64,20 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(tmp_path, tracking_uri, 
                 running = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
             except KeyError:  # no study yet
                 continue
-            victim = next((t for t in running if workers.WORKER_ATTR in t.user_attrs), None)
-        os.kill(int(victim.user_attrs[workers.WORKER_ATTR].rpartition(":")[2]), signal.SIGKILL)
+            # The stable rate's trial trains a whole epoch; the unstable one may end in a few steps.
+            victim = next((t for t in running if workers.WORKER_ATTR in t.user_attrs and t.params.get("lr", 1) < 0.05),
+                          None)
+            if victim is None:
+                continue
+            # Freeze the worker, then check that its trial is still running: a trial can end between our read
+            # and the kill (CI saw one COMPLETE). If it ended, let the worker go on and look again.
+            pid = int(victim.user_attrs[workers.WORKER_ATTR].rpartition(":")[2])
+            os.kill(pid, signal.SIGSTOP)
+            still = optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+            if victim.number not in {t.number for t in still}:
+                os.kill(pid, signal.SIGCONT)
+                victim = None
+        os.kill(pid, signal.SIGKILL)
         out, err = search.communicate(timeout=300)
     finally:
         search.kill()
