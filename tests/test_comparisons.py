@@ -78,7 +78,7 @@ def test_versus_none_pairs_seeds_and_says_when_the_interval_includes_no_differen
     runs += [run("ln", seed=s, final=0.80 + 0.1 * s + (0.01, -0.02, 0.01)[s], reached=10 + s) for s in range(3)]
     table = comparisons.versus_none_table(group(runs, keys), keys, "20")
     rows = {row[0]: row for row in table.rows}
-    assert rows["bn"][3] == "2.00x ± 0.00 (n=3, 95% CI 2.00..2.00)"
+    assert rows["bn"][3] == "2.00x (geometric mean, n=3, 95% CI 2.00..2.00)"
     assert rows["bn"][6] == "+0.020 ± 0.000 (n=3, 95% CI +0.020..+0.020)"
     assert rows["bn"][7] == "bn reaches the target faster; higher final accuracy"
     assert rows["ln"][7] == "no clear difference in speed; no clear difference in accuracy"

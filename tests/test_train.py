@@ -158,10 +158,14 @@ def test_every_run_logs_its_inference_cost_and_bn_folded(compose_cfg, mlflow_cli
     assert metrics["inference/bn_folded"] == (4 if folded else 0)  # BN after the ReLU cannot fold into the layer
 
 
-def test_epochs_to_target_needs_the_accuracy_to_stay_above_it():
-    assert train.epochs_to_target([0.90, 0.96, 0.94, 0.96, 0.97, 0.96], 0.95) == 4  # epoch 2 was one lucky epoch
-    assert train.epochs_to_target([0.90, 0.94, 0.96, 0.97], 0.95) == 3  # held until training ended
-    assert train.epochs_to_target([0.96, 0.90], 0.95) is None
+def test_epochs_to_target_needs_the_accuracy_to_stay_above_it_for_three_validations():
+    def whole(accs):  # one validation an epoch
+        return [(epoch + 1.0, acc) for epoch, acc in enumerate(accs)]
+    assert train.epochs_to_target(whole([0.90, 0.96, 0.94, 0.96, 0.97, 0.96]), 0.95) == 4  # epoch 2 was one lucky epoch
+    assert train.epochs_to_target(whole([0.90, 0.94, 0.96, 0.97]), 0.95) == 3  # held until training ended
+    assert train.epochs_to_target(whole([0.96, 0.90]), 0.95) is None
+    tenths = [(round(0.1 * (i + 1), 1), acc) for i, acc in enumerate([0.5, 0.96, 0.9, 0.95, 0.96, 0.97, 0.9])]
+    assert train.epochs_to_target(tenths, 0.95) == 0.4  # a tenth of an epoch apart
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_with_identical_metrics(compose_cfg, tmp_path, tracking_uri,

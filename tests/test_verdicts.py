@@ -1,95 +1,94 @@
-"""normexp.analysis.verdicts: each claim's verdict on hand-made runs, paired by seed."""
+"""normexp.analysis.verdicts: each claim's verdict on hand-made runs, paired by seed; every part is one of
+the four kinds of normexp.analysis.claims."""
+
+import pytest
 
 from normexp.analysis import verdicts
 from normexp.analysis.results import RunData
 
 
-def run(seed: int, norm: str, reached: float | None, final: float, **params) -> RunData:
+def run(seed: int, norm: str, reached: float | None, final: float, margin: str = "0.005", **params) -> RunData:
     metrics = {"outcome/final_val_acc": final} | ({"outcome/epochs_to_target": reached} if reached else {})
     return RunData(f"{norm}{seed}", "r", {"seed": str(seed), "norm.kind": norm, "trainer.max_epochs": "20",
-                                         "model.name": "mlp"} | params,
+                                         "model.name": "mlp", "answers.margin": margin} | params,
                    metrics, False, None, True, [], [])
 
 
-def test_convergence_holds_only_when_the_paired_speedup_is_clearly_at_least_two():
-    clear = [run(s, "none", 10 + s, 0.9) for s in range(3)] + [run(s, "bn", 4 + s * 0.4, 0.9) for s in range(3)]
-    assert verdicts.convergence(clear).startswith("mlp: holds; speedup (epochs to target, none / bn, per seed) 2.50, 95% CI")
-    noisy = [run(s, "none", (6, 10, 4)[s], 0.9) for s in range(3)] + [run(s, "bn", (5, 4, 8)[s], 0.9) for s in range(3)]
-    assert verdicts.convergence(noisy).startswith("mlp: not on this setup: no clear speedup")
+def test_convergence_is_a_geometric_mean_speedup_judged_with_the_part_of_its_range_shown():
+    clear = [run(s, "none", 10 + s, 0.9, "1.1") for s in range(5)] + [run(s, "bn", 4 + s * 0.4, 0.9, "1.1") for s in range(5)]
+    verdict = verdicts.convergence(clear)
+    assert verdict.words == "mlp: holds (faster: yes; 2-10x: yes)" and verdict.n == 5
+    assert verdict.evidence.startswith("mlp: speedup (epochs to target, none / bn) 2.50x, 95% CI 2.50..2.50 (n=5)")  # (10 + s) / (4 + 0.4 s) is 2.5 for every seed
+    noisy = [run(s, "none", (6, 10, 4, 5, 9)[s], 0.9, "1.1") for s in range(5)] + \
+            [run(s, "bn", (5, 4, 8, 4, 6)[s], 0.9, "1.1") for s in range(5)]
+    assert verdicts.convergence(noisy).words.startswith("mlp: inconclusive at 5 seeds (about ")
     # none never reaching the target counts as its 20-epoch budget: a lower bound on the speedup
-    unreached = [run(s, "none", None, 0.8) for s in range(3)] + [run(s, "bn", 5 + s, 0.9) for s in range(3)]
-    assert verdicts.convergence(unreached).startswith("mlp: holds")
+    unreached = [run(s, "none", None, 0.8, "1.1") for s in range(3)] + [run(s, "bn", 5 + s, 0.9, "1.1") for s in range(3)]
+    assert verdicts.convergence(unreached).words.startswith("mlp: holds (faster: yes")
 
 
-def test_batch_size_holds_when_only_bn_loses_accuracy_at_the_smallest_batch():
-    runs = [run(s, k, None, acc + s * 0.01, **{"dataset.batch_size": str(bs)})
-            for s in range(3) for k, bs, acc in [("bn", 2, 0.60), ("bn", 128, 0.88), ("ln", 2, 0.87),
-                                                 ("ln", 128, 0.88), ("gn", 2, 0.875), ("gn", 128, 0.88)]]
-    assert verdicts.batch_size(runs).startswith("holds. Final val accuracy at batch 2 - at batch 128, per seed: bn -0.280")
+def test_the_margin_is_the_presets_and_a_judged_preset_must_set_one():
+    runs = [run(s, k, None, 0.9, "None") for s in range(3) for k in ("none", "bn")]
+    with pytest.raises(ValueError, match="answers.margin is \\['None'\\]"):
+        verdicts.cnn(runs)
 
 
-def test_init_scale_holds_when_only_the_norms_converge_at_every_scale():
+def test_batch_size_judges_each_model_and_norm_from_batch_128_down_to_the_smallest():
+    runs = [run(s, k, None, acc + s * 0.001, "0.01", **{"dataset.batch_size": str(bs), "model.name": model})
+            for model in ("mlp", "cnn") for s in range(5)
+            for k, bs, acc in [("bn", 2, 0.60), ("bn", 128, 0.88), ("ln", 2, 0.879), ("ln", 128, 0.88),
+                               ("gn", 2, 0.8805), ("gn", 128, 0.88)]]
+    verdict = verdicts.batch_size(runs)
+    assert verdict.words == ("cnn bn degrades: holds; cnn ln degrades: no difference beyond ±0.01; cnn gn degrades: "
+                             "no difference beyond ±0.01; mlp bn degrades: holds; mlp ln degrades: no difference beyond "
+                             "±0.01; mlp gn degrades: no difference beyond ±0.01")
+    assert "mlp bn degrades: final val error at batch 2 - at batch 128 +0.280, 95% CI" in verdict.evidence
+
+
+def test_init_scale_holds_when_only_the_norms_converge_at_every_scale_and_a_split_cell_is_inconclusive():
     scales = ("0.1", "1.0", "10.0")
     runs = [run(s, k, None, 0.9, **{"model.init_scale": scale}) for s in range(2) for k in ("none", "bn", "ln") for scale in scales]
     for r in runs:
         r.converged = r.params["norm.kind"] != "none" or r.params["model.init_scale"] == "1.0"
-    assert verdicts.init_scale(runs) == ("holds. Init scales at which every seed converged: none 1; bn 0.1, 1, 10; "
-                                        "ln 0.1, 1, 10 (of 0.1, 1, 10).")
-    runs[0].converged = False  # one seed of none at 0.1... already False; one of bn at 0.1 fails instead
+    verdict = verdicts.init_scale(runs)
+    assert verdict.words == "holds"
+    assert verdict.evidence == ("Converged seeds per init scale: none 0.1 0/2, 1 2/2, 10 0/2; bn 0.1 2/2, 1 2/2, 10 2/2; "
+                                "ln 0.1 2/2, 1 2/2, 10 2/2")
     next(r for r in runs if r.params["norm.kind"] == "bn" and r.params["model.init_scale"] == "0.1").converged = False
-    assert verdicts.init_scale(runs).startswith("not on this setup. Init scales at which every seed converged: none 1; bn 1, 10;")
+    assert verdicts.init_scale(runs).words.startswith("inconclusive at 2 seeds (seeds split at bn 0.1;")
+    for r in runs:
+        if r.params["norm.kind"] == "bn" and r.params["model.init_scale"] == "0.1":
+            r.converged = False
+    assert verdicts.init_scale(runs).words == "does not hold on this setup"
 
 
-def test_depth_names_the_deepest_trainable_net_and_where_the_gradient_vanishes():
-    runs = []
-    for s in range(2):
-        for kind in ("none", "bn", "ln"):
-            for d in (2, 8):
-                vanishing = 1e-4 if kind == "none" and d == 8 else 1.0
-                r = run(s, kind, None, 0.9, **{"model.depth": str(d)})
-                r.metrics |= {"grad/hidden1/norm": vanishing, f"grad/hidden{d}/norm": 1.0}
-                r.converged = not (kind == "none" and d == 8)
-                runs.append(r)
-    assert verdicts.depth(runs) == ("holds. Deepest MLP at which every seed converged: none 2; bn 8; ln 8 (of 2, 8 hidden "
-                                   "layers). At depth 8, the gradient norm of the first hidden layer / the last one: "
-                                   "none 0.0001, bn 1, ln 1.")
+def test_lr_tolerance_brackets_the_ratio_of_the_largest_converging_rates_on_the_grid():
+    rates = ("0.01", "0.1", "1", "3")
+    runs = [run(s, k, None, 0.9, **{"optim.lr": lr}) for s in range(2) for k in ("none", "bn") for lr in rates]
+    for r in runs:
+        r.converged = float(r.params["optim.lr"]) <= (0.01 if r.params["norm.kind"] == "none" else 1)
+    verdict = verdicts.lr_tolerance(runs)
+    assert verdict.words == "holds (higher: yes; 10-100x: not shown)"  # bracketed 1/0.1 = 10x .. 3/0.01 = 300x
+    assert verdict.evidence.endswith("bn / none: 10x..300x (the grid's bracket)")
 
 
-def test_bn_momentum_holds_only_when_the_small_momentum_is_clearly_worse_on_both_counts():
-    def momentum_run(seed, momentum, acc, gap):
-        r = run(seed, "bn", None, acc, **{"norm.momentum": momentum})
-        r.metrics |= {"bn/hidden1/train_eval_gap": gap, "bn/hidden2/train_eval_gap": gap}
-        return r
-
-    lagging = [momentum_run(s, "0.001", 0.70 + s * 0.01, 0.5) for s in range(3)] + \
-              [momentum_run(s, "0.1", 0.88 + s * 0.012, 0.05 + s * 0.01) for s in range(3)]
-    assert verdicts.bn_momentum(lagging).startswith("holds. Momentum 0.001 - 0.1, per seed: final val accuracy -0.182")
-    alike = [momentum_run(s, m, 0.88 + (s if m == "0.1" else 2 - s) * 0.01, 0.05) for s in range(3) for m in ("0.001", "0.1")]
-    assert verdicts.bn_momentum(alike).startswith("not on this setup: no clear difference")
+def test_the_search_brackets_bn_over_none_from_the_studies_summaries():
+    summaries = [{"variant": "none", "max_stable_lr": 0.04, "min_unstable_lr": 0.05},
+                 {"variant": "bn", "max_stable_lr": 0.8, "min_unstable_lr": 1.0},
+                 {"variant": "ln", "max_stable_lr": 0.03, "min_unstable_lr": 0.0375}]
+    verdict = verdicts.stable_lr(summaries, 3)
+    assert verdict.words == "holds (higher: yes; 10-100x: yes)" and verdict.n == 3
+    assert verdict.evidence.endswith("Ratio to none: bn 20x, ln 0.75x; bn / none bracketed 16x..25x")
 
 
-def test_sequence_pairs_variable_with_fixed_length_per_norm():
-    # Accuracy lost at variable length per seed: LN none beyond noise, BN and no norm 0.05.
-    lost = {"none": (0.05, 0.05, 0.05), "bn": (0.05, 0.05, 0.05), "ln": (0.01, -0.01, 0.0)}
-    fixed = {"none": 0.80, "bn": 0.85, "ln": 0.86}
-
-    def runs_with(lost):
-        return [run(s, k, None, fixed[k] - (lost[k][s] if variable == "True" else 0), **{"dataset.variable_length": variable})
-                for s in range(3) for k in fixed for variable in ("False", "True")]
-
-    verdict = verdicts.sequence(runs_with(lost))
-    assert verdict.startswith("partly: LN trains at any length, masked BN falls behind it. Final val accuracy at variable "
-                              "- fixed length, per seed: none -0.050")
-    assert verdict.endswith("At variable length, bn - ln: -0.060, 95% CI -0.085..-0.035 (n=3).")
-    assert verdicts.sequence(runs_with(lost | {"ln": (0.05, 0.04, 0.06)})).startswith(
-        "not on this setup: LN loses accuracy at variable length")
-
-
-def test_norms_cnn_is_judged_on_final_accuracy_paired_with_none():
-    gains = {"none": (0, 0, 0), "bn": (0.05, 0.06, 0.04), "ln": (0.02, 0.025, 0.03), "gn": (0.01, -0.01, 0.0)}
-    runs = [run(s, k, None, 0.80 + g[s]) for k, g in gains.items() for s in range(3)]  # no run reached the target
-    assert verdicts.norms_cnn(runs).startswith("partly: only bn, ln; the largest mean gain is bn's. Final val accuracy, "
-                                              "norm - none, per seed: bn +0.050, 95% CI +0.025..+0.075 (n=3); gn +0.000, 95% CI")
-    gains["gn"] = (0.02, 0.03, 0.025)
+def test_sequence_and_norms_cnn_name_each_part():
+    lost = {"none": (0.05,) * 5, "bn": (0.002, 0.0, 0.001, -0.001, 0.0), "ln": (0.001, -0.001, 0.0, 0.001, 0.0)}
+    fixed = {"none": 0.80, "bn": 0.86, "ln": 0.86}
+    runs = [run(s, k, None, fixed[k] - (lost[k][s] if variable == "True" else 0), "0.01", **{"dataset.variable_length": variable})
+            for s in range(5) for k in fixed for variable in ("False", "True")]
+    assert verdicts.sequence(runs).words == ("ln loses accuracy at variable length: no difference beyond ±0.01; "
+                                            "masked bn falls behind ln: no difference beyond ±0.01")
+    gains = {"none": (0,) * 3, "bn": (0.08, 0.09, 0.085), "ln": (0.02, 0.025, 0.03), "gn": (0.01, -0.01, 0.0)}
     runs = [run(s, k, None, 0.80 + g[s]) for k, g in gains.items() for s in range(3)]
-    assert verdicts.norms_cnn(runs).startswith("holds; the largest mean gain is bn's.")
+    words = verdicts.norms_cnn(runs).words
+    assert words.startswith("bn: holds; gn: inconclusive at 3 seeds (about ") and "; ln: holds; bn most (against ln): holds" in words

@@ -6,7 +6,7 @@ mean ± std over seeds, and the number of seeds is in the table ("seeds" column,
 import re
 
 from normexp.analysis.results import RunData, differences, paired, speedups
-from normexp.analysis.stats import describe, interval, numbers, paired_cell, shown
+from normexp.analysis.stats import describe, interval, numbers, paired_cell, ratio_cell, ratio_interval, shown
 from normexp.analysis.tables import Table, from_records
 from normexp.analysis.variants import Variant, column, order
 
@@ -75,14 +75,13 @@ def convergence_table(variants: list[Variant], keys: list[str], target: str) -> 
     return Table("convergence", "Convergence per variant", header, rows, [_summary(v, keys) for v in variants], notes)
 
 
-def _direction(values, null: float, more: str, less: str, what: str) -> str:
-    """In words: `more` / `less` when the 95% interval of the per-seed values excludes `null`."""
-    mean, half, n = interval(values)
+def _direction(low: float, high: float, n: int, null: float, more: str, less: str, what: str) -> str:
+    """In words: `more` / `less` when the 95% interval [low, high] of n per-seed values excludes `null`."""
     if n < 2:
         return f"{what}: one seed, no verdict" if n else f"{what}: not measurable"
-    if mean - half > null:
+    if low > null:
         return more
-    return less if mean + half < null else f"no clear difference in {what}"
+    return less if high < null else f"no clear difference in {what}"
 
 
 def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str) -> Table | None:
@@ -110,7 +109,7 @@ def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str)
             ett_none = describe(r.outcome.epochs_to_target for r in plain)[0]
             ett_norm = describe(r.outcome.epochs_to_target for r in variant.runs)[0]
             if ratios.values:
-                speedup_text = paired_cell(ratios.values, 1, ".2f", "x")
+                speedup_text = ratio_cell(ratios.values)
                 if ratios.lower_bounds:
                     speedup_text += (f"; a lower bound for {ratios.lower_bounds} seed(s) where none did not reach it "
                                      f"in {max_epochs} epochs (counted as {max_epochs})")
@@ -118,26 +117,30 @@ def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str)
                     speedup_text += f"; {ratios.not_reached} seed(s) left out, where {kind} did not reach it"
             else:
                 speedup_text = f"— ({kind} did not reach the target)"
+            speedup_mean, speedup_low, speedup_high, _ = ratio_interval(ratios.values)
+            difference_mean, difference_half, n_pairs = interval(differences_acc)
             verdict_words = "; ".join([
-                _direction(ratios.values, 1, f"{kind} reaches the target faster", f"{kind} is slower", "speed"),
-                _direction(differences_acc, 0, "higher final accuracy", "lower final accuracy", "accuracy")])
+                _direction(speedup_low, speedup_high, len(ratios.values), 1, f"{kind} reaches the target faster",
+                           f"{kind} is slower", "speed"),
+                _direction(difference_mean - difference_half, difference_mean + difference_half, n_pairs, 0,
+                           "higher final accuracy", "lower final accuracy", "accuracy")])
             rows.append(list(setting) + [kind, _epochs_to_target(plain), _epochs_to_target(variant.runs), speedup_text,
                                          shown([r.outcome.final_val_acc for r in plain]),
                                          shown([r.outcome.final_val_acc for r in variant.runs]),
                                          paired_cell(differences_acc, 0), verdict_words])
-            speedup_mean, speedup_half, _ = interval(ratios.values)
-            difference_mean, difference_half, n_pairs = interval(differences_acc)
             records.append(dict(zip([column(k) for k in others], setting)) | {
                 "norm": kind, "epochs_to_target_none": ett_none, "epochs_to_target_norm": ett_norm,
-                "speedup_mean": speedup_mean, "speedup_ci_half": speedup_half,
+                "speedup_geomean": speedup_mean, "speedup_ci_low": speedup_low, "speedup_ci_high": speedup_high,
                 "difference_mean": difference_mean, "difference_ci_half": difference_half, "pairs": n_pairs,
                 "verdict": verdict_words})
     if not rows:
         return None
     return Table("versus_none", "Each norm against no normalization (paired by seed)", header, rows, records,
-                 ["95% CI: Student-t interval of the per-seed values; 'no clear difference' when it contains "
+                 ["95% CI: Student-t interval of the per-seed values (of their logs for the speedup, shown as a "
+                  "geometric mean); 'no clear difference' when it contains "
                   "1x (speed) or 0 (accuracy): the seeds do not show a difference beyond their noise. "
-                  "Epochs to target: the first epoch from which val accuracy stays at or above it for 3 epochs; "
+                  "Epochs to target: the epochs trained at the first validation from which val accuracy stays at or "
+                  "above it for 3 validations (several a epoch where trainer.val_checks_per_epoch says so); "
                   "a run without the norm that never reached it counts as its epoch budget (a lower bound), a pair "
                   "whose run with the norm never reached it is left out (normexp.analysis.results)."])
 
@@ -168,14 +171,24 @@ def lr_table(variants: list[Variant], keys: list[str]) -> Table:
 
 
 def batch_size_table(variants: list[Variant], keys: list[str]) -> Table:
+    """Final val error by batch size, and its change from batch 128 (the claim's reference) paired by seed."""
+    others = [k for k in keys if k != "dataset.batch_size"]
+    reference = {v.label(others): v.runs for v in variants if v.values["dataset.batch_size"] == "128"}
+
+    def error(run: RunData) -> float:
+        return 1 - run.outcome.final_val_acc
+
     def cell(runs):
-        text = shown([r.outcome.final_val_acc for r in runs])
+        text = shown([error(r) for r in runs])
         diverged = sum(r.diverged for r in runs)
-        extras = ([f"n={len(runs)}"] if len(runs) > 1 else []) + ([f"{diverged} diverged"] if diverged else [])
+        base = reference.get(next(v.label(others) for v in variants if v.runs is runs))
+        change = differences(paired(base, runs), error) if base is not None and base is not runs else []
+        extras = ([f"{paired_cell(change, 0)} vs 128"] if change else []) + ([f"{diverged} diverged"] if diverged else [])
         return text + (f" ({', '.join(extras)})" if extras else "")
 
     header, rows, _ = _pivot(variants, keys, "dataset.batch_size", cell)
-    return Table("batch_size", "Final val accuracy by batch size", header, rows, [_summary(v, keys) for v in variants])
+    return Table("batch_size", "Final val error by batch size (change from batch 128, paired by seed)", header, rows,
+                 [_summary(v, keys) for v in variants], ["error = 1 - final val accuracy"])
 
 
 def gap_table(variants: list[Variant], keys: list[str]) -> Table:

@@ -50,3 +50,27 @@ def paired_cell(values, null: float, spec: str = "+.3f", unit: str = "") -> str:
     low, high = mean - half, mean + half
     text = f"{mean:{spec}}{unit} ± {std:{spec.lstrip('+')}} (n={n}, 95% CI {low:{spec}}..{high:{spec}})"
     return text + (", no clear difference" if low <= null <= high else "")
+
+
+def ratio_interval(ratios, level: float = 0.95) -> tuple[float, float, float, int]:
+    """(geometric mean, low, high, n) of positive per-seed ratios: the Student-t interval of their logs,
+    back on the ratio scale. A ratio's noise is multiplicative (one epoch more or less moves 3/6 and 6/3
+    alike), so its arithmetic mean and a symmetric interval would misstate both; low and high are NaN
+    below two values."""
+    logs = [math.log(r) for r in ratios if r is not None and math.isfinite(r) and r > 0]
+    mean, half, n = interval(logs, level)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half), n
+
+
+def ratio_cell(ratios) -> str:
+    """Per-seed ratios as 'geometric mean (n=5, 95% CI lo..hi)x', marked 'no clear difference' when the
+    interval contains 1."""
+    mean, low, high, n = ratio_interval(ratios)
+    if n == 0:
+        return "—"
+    if n == 1:
+        return f"{mean:.2f}x (one seed: no interval)"
+    return f"{mean:.2f}x (geometric mean, n={n}, 95% CI {low:.2f}..{high:.2f})" + (
+        ", no clear difference" if low <= 1 <= high else "")

@@ -1,13 +1,45 @@
-"""The verdict on each question's claim, from a preset's runs: each function takes the sweep's
-finished runs (variants.RunData) and returns one sentence, its first words the verdict ("holds",
-"partly: ...", "not on this setup: ...") and then the evidence.
+"""The verdict on each question's claim, from a preset's finished runs (results.RunData): each function
+returns a Verdict whose parts are each one of the four kinds of normexp.analysis.claims (holds, no
+difference beyond ±M, does not hold, inconclusive at n seeds). Runs are paired by seed; the margin M is
+the preset's answers.margin, logged with every run.
 
-Runs are paired by seed (normexp.analysis.stats.interval: Student-t 95% intervals): a claim "holds" only when
-the interval is clear of "no difference"; "not on this setup" is a verdict too.
+The grid questions (learning rate, init scale, depth) are judged per cell on "every seed converged": a
+cell whose seeds split leaves the claim inconclusive, and no seed count is estimated for it.
 """
 
+import math
+from dataclasses import dataclass
+
+from normexp.analysis.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Claim, Judgement, judge
 from normexp.analysis.results import RunData, differences, paired, speedups
 from normexp.analysis.stats import interval
+
+
+@dataclass(frozen=True)
+class Verdict:
+    words: str                 # each part's verdict: "mlp: holds (faster: yes; 2-10x: not shown); mlp_deep: ..."
+    evidence: str              # each part's effect with its interval and n
+    n: int                     # seeds: the fewest paired in any part
+    seeds_needed: int | None   # the most seeds an inconclusive part needs (None: no part gave an estimate)
+
+
+def combine(parts: dict[str, Judgement]) -> Verdict:
+    """One verdict from labelled parts ('' for a claim of one part)."""
+    def label(name: str, text: str) -> str:
+        return f"{name}: {text}" if name else text
+
+    needed = [j.seeds_needed for j in parts.values() if j.kind == INCONCLUSIVE and j.seeds_needed]
+    return Verdict("; ".join(label(k, j.words) for k, j in parts.items()),
+                   "; ".join(label(k, j.effect) for k, j in parts.items()),
+                   min((j.n for j in parts.values()), default=0), max(needed, default=None))
+
+
+def margin(runs: list[RunData]) -> float:
+    """The preset's answers.margin, as its runs logged it."""
+    values = {r.params.get("answers.margin") for r in runs}
+    if len(values) != 1 or None in values or "None" in values:
+        raise ValueError(f"the runs' answers.margin is {sorted(map(str, values))}: a judged preset sets one margin")
+    return float(values.pop())
 
 
 def _runs(runs: list[RunData], values: dict) -> list[RunData]:
@@ -25,169 +57,214 @@ def _speedups(plain: list[RunData], normed: list[RunData]) -> list[float]:
     return speedups(paired(plain, normed)).values
 
 
-def _ci(values: list[float], spec: str = "+.3f") -> str:
-    mean, half, n = interval(values)
-    return f"{mean:{spec}} (n={n})" if n < 2 else f"{mean:{spec}}, 95% CI {mean - half:{spec}}..{mean + half:{spec}} (n={n})"
-
-
-def _clear(values: list[float], null: float) -> int:
-    """+1 / -1 when the 95% interval lies above / below `null`, 0 when it contains it (or n < 2)."""
-    mean, half, n = interval(values)
-    return 0 if n < 2 or mean - half <= null <= mean + half else (1 if mean > null else -1)
-
-
 def _final_acc(run: RunData) -> float:
     return run.outcome.final_val_acc
 
 
-def convergence(runs: list[RunData]) -> str:
-    """Per model (the preset trains the exercises' MLP and a deeper one): the paired speedup of bn."""
-    verdicts = []
-    for model in sorted({r.params["model.name"] for r in runs}):
-        ratios = _speedups(_runs(runs, {"norm.kind": "none", "model.name": model}),
-                           _runs(runs, {"norm.kind": "bn", "model.name": model}))
-        direction, (mean, _, _) = _clear(ratios, 1), interval(ratios)
-        if direction > 0:
-            word = "holds" if mean >= 2 else "partly: BN is faster, but by less than 2x"
-        else:
-            word = "not on this setup: no clear speedup" if direction == 0 else "not on this setup: BN is slower"
-        verdicts.append(f"{model}: {word}; speedup (epochs to target, none / bn, per seed) {_ci(ratios, '.2f')}")
-    return ". ".join(verdicts) + "."
+def _kinds(runs: list[RunData]) -> list[str]:
+    return sorted({r.params["norm.kind"] for r in runs} - {"none"})
 
 
-def lr_tolerance(runs: list[RunData]) -> str:
-    def max_converging(kind: str) -> float | None:
-        rates = {r.params["optim.lr"] for r in runs if r.params["norm.kind"] == kind}
-        ok = [float(lr) for lr in rates if all(r.converged for r in runs
-                                               if r.params["norm.kind"] == kind and r.params["optim.lr"] == lr)]
-        return max(ok, default=None)
-
-    none, bn = max_converging("none"), max_converging("bn")
-    if not none or not bn:
-        return f"no verdict: max converging lr none={none}, bn={bn} (every seed must converge)."
-    ratio, top = bn / none, bn == max(float(r.params["optim.lr"]) for r in runs)
-    word = "holds" if ratio >= 10 else "partly: higher, but less than 10x" if ratio > 1 else "not on this setup"
-    bound = " (at least: bn converged at the grid's largest rate)" if top else ""
-    return f"{word}. Max learning rate at which every seed converged: none {none:g}, bn {bn:g}: {ratio:g}x{bound}."
+def convergence(runs: list[RunData]) -> Verdict:
+    """Per model (the exercises' MLP and a deeper one): the speedup of bn, a geometric mean over seeds."""
+    claim = Claim("speedup (epochs to target, none / bn)", "faster", margin(runs), ratio=True, size=(2, 10))
+    return combine({model: judge(claim, _speedups(_runs(runs, {"norm.kind": "none", "model.name": model}),
+                                                  _runs(runs, {"norm.kind": "bn", "model.name": model})))
+                    for model in sorted({r.params["model.name"] for r in runs})})
 
 
-def placement(runs: list[RunData]) -> str:
-    diffs = _diffs(_runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"}), _final_acc)
-    word = {1: "holds", 0: "not on this setup: no clear difference", -1: "not on this setup: after is better"}
-    return f"{word[_clear(diffs, 0)]}. Final val accuracy, before - after the ReLU, per seed: {_ci(diffs)}."
-
-
-def norms(runs: list[RunData]) -> str:
+def norms(runs: list[RunData]) -> Verdict:
     plain = _runs(runs, {"norm.kind": "none"})
-    kinds = sorted({r.params["norm.kind"] for r in runs} - {"none"})
-    ratios = {k: _speedups(plain, _runs(runs, {"norm.kind": k})) for k in kinds}
-    faster = [k for k in kinds if _clear(ratios[k], 1) > 0]
-    word = "holds" if len(faster) == len(kinds) else f"partly: only {', '.join(faster)}" if faster else "not on this setup"
-    return f"{word}. Speedup over none per seed: " + "; ".join(f"{k} {_ci(v, '.2f')}" for k, v in ratios.items()) + "."
+    claim = Claim("speedup over none", "faster", margin(runs), ratio=True)
+    return combine({k: judge(claim, _speedups(plain, _runs(runs, {"norm.kind": k}))) for k in _kinds(runs)})
 
 
-def norms_cnn(runs: list[RunData]) -> str:
-    """Judged on final val accuracy: on 10% of the data the CNNs may not reach the target at all."""
-    plain = _runs(runs, {"norm.kind": "none"})
-    kinds = sorted({r.params["norm.kind"] for r in runs} - {"none"})
-    gains = {k: _diffs(_runs(runs, {"norm.kind": k}), plain, _final_acc) for k in kinds}
-    better = [k for k in kinds if _clear(gains[k], 0) > 0]
-    best = max(kinds, key=lambda k: interval(gains[k])[0])
-    word = ("holds" if len(better) == len(kinds) and best == "bn" else f"partly: only {', '.join(better)}" if better
-            else "not on this setup: no norm is clearly better than none")
-    return (f"{word}; the largest mean gain is {best}'s. Final val accuracy, norm - none, per seed: "
-            + "; ".join(f"{k} {_ci(v)}" for k, v in gains.items()) + ".")
+def placement(runs: list[RunData]) -> Verdict:
+    claim = Claim("final val accuracy, before - after the ReLU", "before is better", margin(runs))
+    return combine({"": judge(claim, _diffs(_runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"}),
+                                            _final_acc))})
 
 
-def cnn(runs: list[RunData]) -> str:
-    diffs = _diffs(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": "none"}), _final_acc)
-    word = {1: "holds", 0: "not on this setup: no clear difference", -1: "not on this setup: BN is worse"}
-    return f"{word[_clear(diffs, 0)]}. Final val accuracy, bn - none, per seed: {_ci(diffs)}."
+def norms_cnn(runs: list[RunData]) -> Verdict:
+    """Each norm against none on final val accuracy, then BN against the best of the others."""
+    plain, kinds = _runs(runs, {"norm.kind": "none"}), _kinds(runs)
+    claim = Claim("final val accuracy, norm - none", "higher accuracy", margin(runs))
+    parts = {k: judge(claim, _diffs(_runs(runs, {"norm.kind": k}), plain, _final_acc)) for k in kinds}
+    others = [k for k in kinds if k != "bn"]
+    if "bn" in kinds and others:
+        best = max(others, key=lambda k: interval([r.outcome.final_val_acc for r in _runs(runs, {"norm.kind": k})])[0])
+        parts[f"bn most (against {best})"] = judge(Claim(f"final val accuracy, bn - {best}", "bn higher", claim.margin),
+                                                   _diffs(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": best}), _final_acc))
+    return combine(parts)
 
 
-def regularization(runs: list[RunData]) -> str:
+def cnn(runs: list[RunData]) -> Verdict:
+    claim = Claim("final val accuracy, bn - none", "higher accuracy", margin(runs))
+    return combine({"": judge(claim, _diffs(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": "none"}), _final_acc))})
+
+
+def regularization(runs: list[RunData]) -> Verdict:
+    """BN's change of the train-val gap against none, both without dropout; dropout 0.3's beside it."""
     def gap(run: RunData) -> float:
         return run.outcome.train_val_gap
 
     plain = _runs(runs, {"norm.kind": "none", "model.dropout": 0.0})
-    by_bn = _diffs(_runs(runs, {"norm.kind": "bn", "model.dropout": 0.0}), plain, gap)
-    by_dropout = _diffs(_runs(runs, {"norm.kind": "none", "model.dropout": 0.3}), plain, gap)
-    word = {-1: "holds", 0: "not on this setup: no clear change in the gap", 1: "not on this setup: BN widens the gap"}
-    return (f"{word[_clear(by_bn, 0)]}. Change of the train-val gap against none (no dropout), per seed: "
-            f"BN {_ci(by_bn)}; dropout 0.3 {_ci(by_dropout)}.")
+    claim = Claim("change of the train-val gap against none", "smaller gap", margin(runs), sign=-1)
+    return combine({"bn": judge(claim, _diffs(_runs(runs, {"norm.kind": "bn", "model.dropout": 0.0}), plain, gap)),
+                    "dropout 0.3": judge(claim, _diffs(_runs(runs, {"norm.kind": "none", "model.dropout": 0.3}), plain, gap))})
 
 
-def batch_size(runs: list[RunData]) -> str:
-    sizes = sorted({int(r.params["dataset.batch_size"]) for r in runs})
-    small, large = sizes[0], sizes[-1]
-    drops = {k: _diffs(_runs(runs, {"norm.kind": k, "dataset.batch_size": small}), _runs(runs, {"norm.kind": k, "dataset.batch_size": large}), _final_acc) for k in ("bn", "ln", "gn")}
-    bn_worse = _clear(drops["bn"], 0) < 0
-    others_hold = all(_clear(drops[k], 0) >= 0 or interval(drops[k])[0] > interval(drops["bn"])[0] / 2 for k in ("ln", "gn"))
-    word = "holds" if bn_worse and others_hold else "partly: BN degrades, but so do the others" if bn_worse else "not on this setup"
-    return (f"{word}. Final val accuracy at batch {small} - at batch {large}, per seed: "
-            + "; ".join(f"{k} {_ci(v)}" for k, v in drops.items()) + ".")
+def batch_size(runs: list[RunData]) -> Verdict:
+    """Per model and norm: the change of final val error from batch 128 down to the smallest batch. The claim
+    is that bn's error rises there (holds) and ln's and gn's do not (no difference beyond ±M)."""
+    small = min(int(r.params["dataset.batch_size"]) for r in runs)
+    claim = Claim(f"final val error at batch {small} - at batch 128", "degrades", margin(runs))
+    parts = {}
+    for model in sorted({r.params["model.name"] for r in runs}):
+        for kind in ("bn", "ln", "gn"):
+            at = {b: _runs(runs, {"model.name": model, "norm.kind": kind, "dataset.batch_size": b}) for b in (small, 128)}
+            if at[small] and at[128]:
+                parts[f"{model} {kind} degrades"] = judge(claim, _diffs(at[128], at[small], _final_acc))  # error: 1 - acc
+    return combine(parts)
 
 
-def _converging_values(runs: list[RunData], kind: str, key: str) -> list[float]:
-    """The values of `key` at which every seed of norm `kind` converged, ascending."""
-    values = {float(r.params[key]) for r in runs if r.params["norm.kind"] == kind}
-    return sorted(v for v in values if all(r.converged for r in runs
-                                           if r.params["norm.kind"] == kind and float(r.params[key]) == v))
+def bn_momentum(runs: list[RunData]) -> Verdict:
+    momenta = sorted({float(r.params["norm.momentum"]) for r in runs})
+    small, default = _runs(runs, {"norm.momentum": momenta[0]}), _runs(runs, {"norm.momentum": 0.1})
+
+    def mean_gap(run: RunData) -> float:
+        """The last epoch's bn/<layer>/train_eval_gap, mean over BN layers."""
+        gaps = [v for k, v in run.metrics.items() if k.startswith("bn/") and k.endswith("/train_eval_gap")]
+        return sum(gaps) / len(gaps) if gaps else math.nan
+
+    m = margin(runs)
+    return combine({
+        "lower accuracy": judge(Claim(f"final val accuracy, momentum {momenta[0]:g} - 0.1", "lower", m, sign=-1),
+                                _diffs(small, default, _final_acc)),
+        "larger train-eval gap": judge(Claim(f"train-eval gap (mean over BN layers), momentum {momenta[0]:g} - 0.1",
+                                             "larger", m), _diffs(small, default, mean_gap))})
 
 
-def init_scale(runs: list[RunData]) -> str:
-    scales = sorted({float(r.params["model.init_scale"]) for r in runs})
-    ok = {k: _converging_values(runs, k, "model.init_scale") for k in ("none", "bn", "ln")}
-    norms_everywhere = all(ok[k] == scales for k in ("bn", "ln"))
-    word = ("holds" if norms_everywhere and ok["none"] != scales else
-            "partly: no norm converges at every scale too" if norms_everywhere else "not on this setup")
-    return f"{word}. Init scales at which every seed converged: " + "; ".join(
-        f"{k} {', '.join(f'{v:g}' for v in ok[k]) or 'none'}" for k in ok) + f" (of {', '.join(f'{v:g}' for v in scales)})."
+def sequence(runs: list[RunData]) -> Verdict:
+    """LN at variable length against fixed (the claim: no loss beyond ±M), and masked BN against LN at
+    variable length (the claim: no worse beyond ±M)."""
+    def by(kind: str, variable: bool) -> list[RunData]:
+        return _runs(runs, {"norm.kind": kind, "dataset.variable_length": str(variable)})
+
+    m = margin(runs)
+    return combine({
+        "ln loses accuracy at variable length": judge(Claim("final val accuracy, variable - fixed length", "loses", m, sign=-1),
+                                                      _diffs(by("ln", True), by("ln", False), _final_acc)),
+        "masked bn falls behind ln": judge(Claim("final val accuracy at variable length, bn - ln", "behind", m, sign=-1),
+                                           _diffs(by("bn", True), by("ln", True), _final_acc))})
 
 
-def depth(runs: list[RunData]) -> str:
-    depths = sorted({int(r.params["model.depth"]) for r in runs})
-    deepest = {k: max(_converging_values(runs, k, "model.depth"), default=None) for k in ("none", "bn", "ln")}
+# ---- the grid questions: every seed converged, per cell ------------------------------------------
+
+
+def _cells(runs: list[RunData], kind: str, key: str) -> dict[float, tuple[int, int]]:
+    """{value of `key`: (seeds converged, seeds)} of norm `kind`."""
+    cells = {}
+    for r in runs:
+        if r.params["norm.kind"] == kind:
+            done, total = cells.get(float(r.params[key]), (0, 0))
+            cells[float(r.params[key])] = (done + r.converged, total + 1)
+    return dict(sorted(cells.items()))
+
+
+def _grid_verdict(kind: str, split: list[str], evidence: str, n: int) -> Verdict:
+    """HOLDS or DOES_NOT_HOLD as decided on the cells where every seed agreed; inconclusive when a cell the
+    claim depends on split its seeds."""
+    if split:
+        words = f"inconclusive at {n} seeds (seeds split at {', '.join(split)}; no seed estimate for a split cell)"
+    else:
+        words = HOLDS if kind == HOLDS else f"{DOES_NOT_HOLD} on this setup"
+    return Verdict(words, evidence, n, None)
+
+
+def _shown(cells: dict[float, tuple[int, int]]) -> str:
+    return ", ".join(f"{v:g} {done}/{total}" for v, (done, total) in cells.items())
+
+
+def lr_tolerance(runs: list[RunData]) -> Verdict:
+    """The ratio of the largest rates at which every seed converged, bn / none, bracketed by the grid: from
+    bn's largest converging / none's smallest failing to bn's smallest failing / none's largest converging."""
+    cells = {k: _cells(runs, k, "optim.lr") for k in ("none", "bn")}
+    n = min(t for c in cells.values() for _, t in c.values())
+    ok = {k: [v for v, (d, t) in c.items() if d == t] for k, c in cells.items()}
+    fail = {k: [v for v, (d, t) in c.items() if d < t] for k, c in cells.items()}
+    evidence = "Converged seeds per learning rate: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items())
+    none_fails = [v for v in fail["none"] if ok["none"] and v > max(ok["none"])]
+    if not ok["none"] or not ok["bn"] or not none_fails:
+        return Verdict(f"inconclusive at {n} seeds (the grid does not bracket both norms' largest rate)", evidence, n, None)
+    low = max(ok["bn"]) / min(none_fails)
+    high = min((v for v in fail["bn"] if v > max(ok["bn"])), default=math.inf) / max(ok["none"])
+    evidence += f". Ratio of the largest converging rates, bn / none: {low:.3g}x..{high:.3g}x (the grid's bracket)"
+    if low > 1:
+        size = "yes" if 10 <= low and high <= 100 else "no" if high < 10 or low > 100 else "not shown"
+        return Verdict(f"holds (higher: yes; 10-100x: {size})", evidence, n, None)
+    return Verdict(f"{DOES_NOT_HOLD} on this setup" if high <= 1 else
+                   f"inconclusive at {n} seeds (the grid's bracket contains 1x; the search brackets finer)", evidence, n, None)
+
+
+def init_scale(runs: list[RunData]) -> Verdict:
+    """BN and LN converge at every scale; without a norm the MLP fails at some scale."""
+    cells = {k: _cells(runs, k, "model.init_scale") for k in ("none", "bn", "ln")}
+    n = min(t for c in cells.values() for _, t in c.values())
+    split = [f"{k} {v:g}" for k, c in cells.items() for v, (d, t) in c.items() if 0 < d < t]
+    norms_everywhere = all(d == t for k in ("bn", "ln") for d, t in cells[k].values())
+    none_fails = any(d == 0 for d, _ in cells["none"].values())
+    evidence = "Converged seeds per init scale: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items())
+    return _grid_verdict(HOLDS if norms_everywhere and none_fails else DOES_NOT_HOLD,
+                         [] if norms_everywhere and none_fails else split, evidence, n)
+
+
+def depth(runs: list[RunData]) -> Verdict:
+    """BN trains the deepest MLP, where no norm fails, and the gradient shrinks towards the input without a norm."""
+    cells = {k: _cells(runs, k, "model.depth") for k in ("none", "bn", "ln")}
+    deepest = max(cells["bn"])
+    n = min(t for c in cells.values() for _, t in c.values())
 
     def first_to_last(kind: str) -> float:
         """Mean over seeds of the last epoch's gradient norm of the first hidden layer / of the last one,
         at the largest depth: below 1, the gradient shrinks towards the input."""
-        deep = [r for r in runs if r.params["norm.kind"] == kind and int(r.params["model.depth"]) == depths[-1]]
-        return interval([r.metric("grad/hidden1/norm") / r.metric(f"grad/hidden{depths[-1]}/norm") for r in deep])[0]
+        deep = _runs(runs, {"norm.kind": kind, "model.depth": int(deepest)})
+        return interval([r.metric("grad/hidden1/norm") / r.metric(f"grad/hidden{int(deepest)}/norm") for r in deep])[0]
 
-    trainable = deepest["bn"] == depths[-1] and (deepest["none"] or 0) < depths[-1]
+    bn_ok, none_fails = cells["bn"][deepest], cells["none"][deepest]
     vanishes = first_to_last("none") < first_to_last("bn")
-    word = "holds" if trainable and vanishes else "partly" if trainable or vanishes else "not on this setup"
-    return (f"{word}. Deepest MLP at which every seed converged: " + "; ".join(f"{k} {d:g}" if d else f"{k} -" for k, d in deepest.items())
-            + f" (of {', '.join(map(str, depths))} hidden layers). At depth {depths[-1]}, the gradient norm of the first "
-            f"hidden layer / the last one: none {first_to_last('none'):.3g}, bn {first_to_last('bn'):.3g}, ln {first_to_last('ln'):.3g}.")
+    trainable = bn_ok[0] == bn_ok[1] and none_fails[0] == 0
+    split = [f"{k} {deepest:g}" for k, (d, t) in (("bn", bn_ok), ("none", none_fails)) if 0 < d < t]
+    evidence = ("Converged seeds per depth: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items())
+                + f". At depth {deepest:g}, the gradient norm of the first hidden layer / the last one: "
+                + ", ".join(f"{k} {first_to_last(k):.3g}" for k in cells))
+    return _grid_verdict(HOLDS if trainable and vanishes else DOES_NOT_HOLD, [] if trainable else split, evidence, n)
 
 
-def _mean_gap(run: RunData) -> float:
-    """The last epoch's bn/<layer>/train_eval_gap, mean over BN layers."""
-    gaps = [v for k, v in run.metrics.items() if k.startswith("bn/") and k.endswith("/train_eval_gap")]
-    return sum(gaps) / len(gaps)
+def stable_lr(summaries: list[dict], seeds: int) -> Verdict:
+    """The search's answer (stable_lr.study.summarize's dicts, one per norm): bn's largest stable rate over
+    none's, bracketed from bn's largest stable / none's smallest unstable to bn's smallest unstable / none's
+    largest stable rate; the claim "10-100x" holds when the bracket is above 1x."""
+    by = {s["variant"]: s for s in summaries}
 
+    def bracket(kind: str) -> str:
+        s = by[kind]
+        return f"{kind} {s['max_stable_lr']:.3g} (unstable at {s['min_unstable_lr']:.3g})" if s["max_stable_lr"] and \
+            s["min_unstable_lr"] else f"{kind} {s['max_stable_lr']} (no bracket)"
 
-def bn_momentum(runs: list[RunData]) -> str:
-    momenta = sorted({float(r.params["norm.momentum"]) for r in runs})
-    small, default = _runs(runs, {"norm.momentum": momenta[0]}), _runs(runs, {"norm.momentum": 0.1})
-    acc = _diffs(small, default, _final_acc)
-    gap = _diffs(small, default, _mean_gap)
-    lower, wider = _clear(acc, 0) < 0, _clear(gap, 0) > 0
-    word = "holds" if lower and wider else "partly" if lower or wider else "not on this setup: no clear difference"
-    return (f"{word}. Momentum {momenta[0]:g} - 0.1, per seed: final val accuracy {_ci(acc)}; "
-            f"train-eval gap (mean over BN layers) {_ci(gap, '+.3g')}.")
-
-
-def sequence(runs: list[RunData]) -> str:
-    def by(kind: str, variable: bool) -> dict[str, RunData]:
-        return _runs(runs, {"norm.kind": kind, "dataset.variable_length": str(variable)})
-
-    cost = {k: _diffs(by(k, True), by(k, False), _final_acc) for k in ("none", "bn", "ln")}
-    bn_vs_ln = _diffs(by("bn", True), by("ln", True), _final_acc)
-    ln_holds = _clear(cost["ln"], 0) >= 0  # no clear loss of accuracy at variable length
-    word = ("holds" if ln_holds and _clear(bn_vs_ln, 0) >= 0 else "partly: LN trains at any length, masked BN falls behind it"
-            if ln_holds else "not on this setup: LN loses accuracy at variable length")
-    return (f"{word}. Final val accuracy at variable - fixed length, per seed: "
-            + "; ".join(f"{k} {_ci(v)}" for k, v in cost.items()) + f". At variable length, bn - ln: {_ci(bn_vs_ln)}.")
+    evidence = "Largest stable learning rate: " + "; ".join(bracket(k) for k in by)
+    none, bn = by.get("none"), by.get("bn")
+    if not none or not bn or not all((none["max_stable_lr"], none["min_unstable_lr"], bn["max_stable_lr"])):
+        return Verdict(f"inconclusive at {seeds} seeds (the search bracketed no rate for none or bn)", evidence, seeds, None)
+    low = bn["max_stable_lr"] / none["min_unstable_lr"]
+    high = (bn["min_unstable_lr"] or math.inf) / none["max_stable_lr"]
+    evidence += (f". Ratio to none: " + ", ".join(f"{k} {s['max_stable_lr'] / none['max_stable_lr']:.3g}x"
+                                                   for k, s in by.items() if k != "none" and s["max_stable_lr"])
+                 + f"; bn / none bracketed {low:.3g}x..{high:.3g}x")
+    if low > 1:
+        size = "yes" if 10 <= low and high <= 100 else "no" if high < 10 or low > 100 else "not shown"
+        return Verdict(f"holds (higher: yes; 10-100x: {size})", evidence, seeds, None)
+    if high <= 1:
+        return Verdict(f"{DOES_NOT_HOLD} on this setup", evidence, seeds, None)
+    return Verdict(f"inconclusive at {seeds} seeds (the brackets overlap: a finer search.resolution decides)", evidence,
+                   seeds, None)

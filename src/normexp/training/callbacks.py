@@ -1,5 +1,6 @@
-"""Training callbacks: the divergence guard, the per-epoch history (with epoch timing), the report
-of each epoch to an Optuna trial (pruning), and the group that hands a run's callbacks to Lightning."""
+"""Training callbacks: the divergence guard, the per-epoch history (with epoch timing and every
+validation's accuracy), stopping once the target has held, the report of each epoch to an Optuna trial
+(pruning), and the group that hands a run's callbacks to Lightning."""
 
 import logging
 import math
@@ -66,12 +67,21 @@ class DivergenceGuard(pl.Callback):
         self._reference, self._above = state["reference"], [tuple(x) for x in state["above"]]
 
 
+def epochs_trained(trainer) -> float:
+    """Epochs trained so far, a fraction of one included: at a validation after the epoch's batch b of B,
+    current epoch + b / B (a whole number at an epoch's end)."""
+    return trainer.current_epoch + (trainer.fit_loop.epoch_loop.batch_idx + 1) / trainer.num_training_batches
+
+
 class EpochHistory(pl.Callback):
     """Records each epoch's logged metrics and wall times; logs `time/epoch_s` (the epoch: training,
-    validation and the epoch-end work of every callback) and `time/train_s` (the same without validation)."""
+    validation and the epoch-end work of every callback) and `time/train_s` (the same without validation).
+    Keeps every validation's (epochs trained, val accuracy) too: several an epoch with
+    trainer.val_checks_per_epoch > 1, so that the time to target is measured finer than an epoch."""
 
     def __init__(self):
         self.epochs: list[dict[str, float]] = []  # one dict per epoch: {'train/loss': ..., 'val/acc': ...}
+        self.checks: list[tuple[float, float]] = []  # (epochs trained, val/acc) of every validation
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start, self._validation_s = time.perf_counter(), 0.0
@@ -81,6 +91,7 @@ class EpochHistory(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         self._validation_s += time.perf_counter() - self._validation_start
+        self.checks.append((epochs_trained(trainer), float(trainer.callback_metrics["val/acc"])))
 
     def on_train_epoch_end(self, trainer, pl_module):
         # Validation runs inside the training epoch, so its time and metrics are already here.
@@ -91,13 +102,41 @@ class EpochHistory(pl.Callback):
         self.epochs.append(metrics | times)
 
     def state_dict(self) -> dict:  # a resumed run's outcome covers its earlier epochs too
-        return {"epochs": self.epochs}
+        return {"epochs": self.epochs, "checks": self.checks}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epochs = state["epochs"]
+        self.epochs, self.checks = state["epochs"], [tuple(c) for c in state.get("checks", [])]
 
     def curve(self, key: str) -> list[float]:
         return [epoch.get(key, math.nan) for epoch in self.epochs]
+
+
+class StopAtTarget(pl.Callback):
+    """trainer.stop_at_target: stop training once val accuracy has stayed >= `target` for `held` validations
+    in a row, the rule by which the run's time to target is measured (train.epochs_to_target). A preset
+    about time to target spends no epochs after its answer; one about final accuracy keeps its budget.
+
+    After a validation at an epoch's end training stops there. After one inside an epoch it stops at the
+    next batch's end, where the classifier, seeing should_stop, logs the epoch's train means (set during
+    the validation, the epoch would end without them)."""
+
+    def __init__(self, target: float, held: int):
+        self.target, self.held, self.streak = target, held, 0
+
+    def on_validation_end(self, trainer, pl_module):
+        self.streak = self.streak + 1 if float(trainer.callback_metrics["val/acc"]) >= self.target else 0
+        if self.streak >= self.held and trainer.fit_loop.epoch_loop.batch_idx == trainer.num_training_batches - 1:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.streak >= self.held:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:  # a streak may span a resume
+        return {"streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak = state["streak"]
 
 
 class TrialPruning(pl.Callback):

@@ -1,0 +1,102 @@
+"""The four verdicts a claim can get from its per-seed paired values, and how many seeds would decide one
+that the seeds do not decide yet.
+
+A claim is about one effect in one direction (BN is faster, BN gives higher accuracy), with a margin M that
+the question states (its preset's answers.margin): an effect within ±M does not matter. A difference is
+judged on its per-seed values; a ratio (a speedup) on its per-seed logs, M being a factor then (1.1: within
+10% either way). With the 95% Student-t interval [low, high] of the values, oriented so that the claimed
+direction is up:
+- no difference beyond ±M: -M < low and high < M (an equivalence verdict; first, as an effect within the
+  margin does not matter even when the interval is clear of zero);
+- holds: low > 0, the interval is clear of no effect; a range claim ("2-10x") says which part is shown;
+- does not hold: high < M, the interval excludes the claimed effect, and it is not within ±M: the only
+  verdict that says "on this setup";
+- inconclusive at n seeds: none of these, with about how many seeds would decide at the observed spread.
+"""
+
+import math
+from dataclasses import dataclass
+
+from scipy.stats import t as student_t
+
+from normexp.analysis.stats import describe, interval
+
+HOLDS, NO_DIFFERENCE, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "no difference", "does not hold", "inconclusive"
+MOST_SEEDS = 1000  # the seed estimate looks no further: beyond it, read "more seeds than any run here"
+
+
+@dataclass(frozen=True)
+class Claim:
+    effect: str                  # what the values are, e.g. "speedup (epochs to target, none / bn)"
+    word: str                    # the claimed direction in a word or two: "faster", "higher accuracy"
+    margin: float                # no difference beyond ±margin (a ratio's: beyond margin x either way)
+    ratio: bool = False          # the values are ratios, judged on their logs
+    sign: int = 1                # +1: the claim is that the effect is above no effect; -1: below it
+    size: tuple[float, float] | None = None  # a range claim's size, e.g. (2, 10) for "2-10x"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    kind: str                    # HOLDS, NO_DIFFERENCE, DOES_NOT_HOLD or INCONCLUSIVE
+    words: str                   # the verdict as the page says it: "holds (faster: yes; 2-10x: not shown)"
+    effect: str                  # the evidence: "speedup 1.58x, 95% CI 1.10..2.27 (n=5)"
+    n: int                       # seeds paired
+    seeds_needed: int | None     # INCONCLUSIVE: seeds that would decide at the observed spread (None: unknown)
+
+
+def seeds_to_decide(mean: float, std: float, margin: float) -> int | None:
+    """The fewest seeds whose 95% interval, at this mean and spread (oriented, log scale for a ratio), would
+    give a verdict: holds needs the half-width below `mean`, the other two below `margin - mean` (then high <
+    margin). None beyond MOST_SEEDS or when the spread is unknown."""
+    distance = max(mean, margin - mean)
+    if not math.isfinite(std) or distance <= 0:
+        return None
+    if std == 0:
+        return 2
+    for n in range(2, MOST_SEEDS + 1):
+        if float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) < distance:
+            return n
+    return None
+
+
+def _effect(claim: Claim, values: list[float]) -> str:
+    if claim.ratio:
+        mean, half, n = interval([math.log(v) for v in values if v > 0])
+        shown = f"{math.exp(mean):.2f}x"
+        bounds = f"{math.exp(mean - half):.2f}..{math.exp(mean + half):.2f}"
+    else:
+        mean, half, n = interval(values)
+        shown, bounds = f"{mean:+.3f}", f"{mean - half:+.3f}..{mean + half:+.3f}"
+    if n == 0:
+        return f"{claim.effect}: no pairs"
+    return f"{claim.effect} {shown} (n={n})" if n < 2 else f"{claim.effect} {shown}, 95% CI {bounds} (n={n})"
+
+
+def _size_part(claim: Claim, low: float, high: float) -> str:
+    """'2-10x: yes' when the interval lies within the claimed range, 'no' when it lies outside it."""
+    small, large = claim.size
+    shown = "yes" if small <= low and high <= large else "no" if high < small or low > large else "not shown"
+    return f"{small:g}-{large:g}x: {shown}"
+
+
+def judge(claim: Claim, values: list[float]) -> Judgement:
+    """The verdict of `claim` on its per-seed values (module docstring)."""
+    values = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not claim.ratio)]
+    oriented = [claim.sign * (math.log(v) if claim.ratio else v) for v in values]
+    margin = math.log(claim.margin) if claim.ratio else claim.margin
+    mean, half, n = interval(oriented)
+    effect = _effect(claim, values)
+    if n < 2:
+        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", effect, n, None)
+    low, high = mean - half, mean + half
+    if -margin < low and high < margin:  # first: an effect clear of zero but within the margin does not matter
+        either = f"{claim.margin:g}x either way" if claim.ratio else f"±{claim.margin:g}"
+        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", effect, n, None)
+    if low > 0:
+        parts = [f"{claim.word}: yes"] + ([_size_part(claim, math.exp(low), math.exp(high))] if claim.size else [])
+        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, effect, n, None)
+    if high < margin:
+        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", effect, n, None)
+    needed = seeds_to_decide(mean, describe(oriented)[1], margin)
+    estimate = f"about {needed} would decide" if needed else f"more than {MOST_SEEDS} would be needed"
+    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", effect, n, needed)
