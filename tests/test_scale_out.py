@@ -141,4 +141,4 @@ def test_sweep_runs_as_slurm_jobs(slurm_env, tmp_path, tracking_uri, experiment_
     # The jobs' own lines went to their SLURM logs (submitit's folder, named by SLURM job id).
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
     check_sweep(mlflow_client, experiment_name, logs + done.stdout)
-    assert f"[job 0] {RUN_NAMES['bn']}: converged" in logs
+    assert f"[job 1/2] {RUN_NAMES['bn']}: converged" in logs

@@ -71,7 +71,9 @@ def test_bn_study_brackets_the_boundary_consistently_with_its_trials(bn_study):
     # The sampler's view: objective log10(lr) when stable, UNSTABLE otherwise; the best trial is the top.
     for t in trials:
         assert t.value == (math.log10(t.params["lr"]) if t.user_attrs["stable"] else studies.UNSTABLE)
+        assert t.user_attrs["lr"] == t.params["lr"]  # the rate itself, beside the objective, its log
     assert study.best_trial.params["lr"] == top
+    assert study.metric_names == ["log10(lr) if stable, else -10"]  # named in optuna-dashboard
     # Every seed must converge; a failing seed ends the trial.
     for t in trials:
         verdicts = t.user_attrs["seed_verdicts"]

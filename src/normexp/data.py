@@ -40,6 +40,7 @@ class DataSplits:
     val: Split
     test: Split
     num_classes: int
+    source: str  # where the images came from: a folder of files, a download URL, or a library function
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -87,10 +88,11 @@ def load(cfg: DatasetConfig, seed: int) -> DataSplits:
     if cfg.name == "digits":
         images, labels = _digits()
         pool, test = _split_off(images, labels, cfg.test_fraction, seed)
+        source = DIGITS_SOURCE
     elif cfg.name == "cifar10":
-        pool, test = _torchvision_dataset(cfg)
+        pool, test, source = _torchvision_dataset(cfg)
     else:
-        pool, test = _idx_dataset(cfg)
+        pool, test, source = _idx_dataset(cfg)
     train, val = _split_off(*pool, cfg.val_fraction, seed + 1)
     train = _subset(train, cfg, seed + 2)
     standardize = _standardizer(cfg)
@@ -103,7 +105,7 @@ def load(cfg: DatasetConfig, seed: int) -> DataSplits:
         for index, split in enumerate(splits):
             _pad_rows(split.x, cfg.min_length, seed + 3 + index)
     num_classes = int(max(int(s.y.max()) for s in splits)) + 1
-    return DataSplits(*splits, num_classes=num_classes)
+    return DataSplits(*splits, num_classes=num_classes, source=source)
 
 
 def _standardizer(cfg: DatasetConfig):
@@ -152,6 +154,9 @@ def _subset(train, cfg: DatasetConfig, seed: int):
         keep = max(1, int(round(cfg.fraction * n)))
     order = np.random.default_rng(seed).permutation(n)[:keep]
     return images[order], labels[order]
+
+
+DIGITS_SOURCE = "sklearn.datasets.load_digits"
 
 
 @functools.lru_cache(maxsize=1)  # the runs of a sweep or a search read it once per process
@@ -227,10 +232,10 @@ def _idx_dataset(cfg: DatasetConfig):
                 f"({', '.join(s for pair in IDX_FILES.values() for s in pair)}, optionally .gz); "
                 "point dataset.root at the folder that has them"
             )
-        return _read_idx_folder(root)
+        return *_read_idx_folder(root), str(root.resolve())
     known = KNOWN_LOCAL_ROOTS.get(cfg.name)
     if known is not None and _has_idx_files(known):
-        return _read_idx_folder(known)
+        return *_read_idx_folder(known), str(known)
     return _torchvision_dataset(cfg)
 
 
@@ -251,7 +256,9 @@ def _torchvision_dataset(cfg: DatasetConfig):
             f"dataset '{cfg.name}' is not available offline: looked in {looked} and the download failed "
             f"({type(error).__name__}). Download it once while online, or {other}"
         ) from None
-    return tuple((_channels_first(d.data), np.asarray(d.targets, dtype=np.int64)) for d in (train, test))
+    # The URL torchvision downloaded from: CIFAR-10 has one; MNIST-like sets name their mirrors.
+    url = getattr(dataset_class, "url", None) or dataset_class.mirrors[0]
+    return *((_channels_first(d.data), np.asarray(d.targets, dtype=np.int64)) for d in (train, test)), url
 
 
 def _channels_first(data) -> np.ndarray:

@@ -160,11 +160,13 @@ def figures(grouped: list[Variant], keys: list[str], target_acc: float | None) -
 # ---- The report --------------------------------------------------------------------------------
 
 def report_from_runs(client: MlflowClient, runs: list, title: str, command: str | None = None) -> Report:
-    return report_from_loaded(*load_runs(client, runs), title, command)
+    browse = stores.browse_line(client.tracking_uri, runs[0].info.experiment_id) if runs else None
+    return report_from_loaded(*load_runs(client, runs), title, command, browse)
 
 
-def report_from_loaded(loaded: list[RunData], left_out: list[str], title: str, command: str | None = None) -> Report:
-    """The report of training runs already read from MLflow (load_runs)."""
+def report_from_loaded(loaded: list[RunData], left_out: list[str], title: str, command: str | None = None,
+                       browse: str | None = None) -> Report:
+    """The report of training runs already read from MLflow (load_runs); `browse`: where to see them."""
     if not loaded:
         raise ConfigError(f"{title}: no finished training runs to report on"
                           + (f" ({'; '.join(left_out)})" if left_out else ""))
@@ -172,7 +174,7 @@ def report_from_loaded(loaded: list[RunData], left_out: list[str], title: str, c
     grouped = variants.group(loaded, keys)
     summary = ([f"Command: `python -m normexp.train -m {command}`"] if command else []) + [
         f"{len(loaded)} runs, {len(grouped)} variant" + ("s" if len(grouped) > 1 else ""),
-        variants.common_settings(loaded, keys), *left_out]
+        variants.common_settings(loaded, keys), *left_out, *([browse] if browse else [])]
     targets = {r.params.get("dataset.target_acc") for r in loaded}
     target_acc = float(targets.pop()) if len(targets) == 1 else None
     return Report(title, summary, comparisons.for_sweep(grouped, keys), figures(grouped, keys, target_acc))

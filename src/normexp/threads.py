@@ -25,9 +25,22 @@ def sweep_jobs_at_once() -> int:
     after another; SLURM gives each its own CPUs)."""
     if not HydraConfig.initialized():
         return 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if n_jobs is None or "joblib" not in HydraConfig.get().launcher.get("_target_", ""):
-        return 1
+    return _joblib_jobs(HydraConfig.get().launcher) or 1
+
+
+def launcher_jobs_at_once(launcher, jobs: int) -> int:
+    """How many of a multirun's `jobs` its launcher (the hydra.launcher node) runs at once, on any machine:
+    joblib's n_jobs, SLURM's array_parallelism (all, within it), 1 for the basic launcher."""
+    target = launcher.get("_target_", "")
+    if "submitit" in target:
+        return max(1, min(jobs, launcher.get("array_parallelism") or jobs))
+    return min(jobs, _joblib_jobs(launcher) or 1) or 1
+
+
+def _joblib_jobs(launcher) -> int | None:
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is None or "joblib" not in launcher.get("_target_", ""):
+        return None
     return n_jobs if n_jobs > 0 else max(1, cpus() + 1 + n_jobs)
 
 

@@ -16,6 +16,7 @@ from normexp.tracking import lifecycle, stores
 from normexp.config.schema import SearchRunConfig, TrainConfig
 
 UNSTABLE = -10.0  # objective of an unstable rate: below log10 of any rate worth searching
+OBJECTIVE = f"log10(lr) if stable, else {UNSTABLE:g}"  # its name in the study (optuna-dashboard's axis)
 DECIDED = (TrialState.COMPLETE, TrialState.PRUNED)  # trials with a verdict
 SUMMARY_ARTIFACT = "summary.json"  # in a study's MLflow run: its bracket (summarize)
 
@@ -58,6 +59,8 @@ def open_study(cfg: SearchRunConfig) -> optuna.Study:
                                 load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=hydra.utils.instantiate(cfg.search.pruner))
+    if study.metric_names is None:  # new, or made by an older normexp
+        study.set_metric_names([OBJECTIVE])
     wanted, stored = fingerprint(cfg), study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", wanted)

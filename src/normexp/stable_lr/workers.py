@@ -161,7 +161,7 @@ def run_trial(cfg: SearchRunConfig, study: optuna.Study, trial: optuna.Trial, cl
     for outcome, seed_verdict in runs:
         lifecycle.set_tags(client, outcome.run_id, {"trial": trial.number, "seed_verdict": seed_verdict,
                                                    "trial_verdict": verdict})
-    attrs = {"verdict": verdict, "stable": stable, "seeds_run": len(runs),
+    attrs = {"lr": lr, "verdict": verdict, "stable": stable, "seeds_run": len(runs),  # lr: the objective is its log
              "epochs": sum(o.epochs for o, _ in runs), "seed_verdicts": [v for _, v in runs],
              "final_val_acc": [_finite(o.final_val_acc) for o, _ in runs],
              "mlflow_run_ids": [o.run_id for o, _ in runs]}

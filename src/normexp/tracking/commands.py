@@ -37,6 +37,10 @@ def entry_point(hydra_main):
 
     @functools.wraps(hydra_main)
     def main():
+        entry = hydra_main.__module__  # under `python -m normexp.train` it is __main__, named by its spec
+        if entry == "__main__":
+            entry = getattr(sys.modules["__main__"].__spec__, "name", None) or sys.argv[0]
+        lifecycle.record_command(entry, sys.argv[1:])
         asked = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: we print one line
         try:

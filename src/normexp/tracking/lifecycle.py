@@ -3,7 +3,10 @@ is created here and ended here, FINISHED only once everything it records is writ
 logger only logs metrics."""
 
 import logging
+import os
+import shlex
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -13,7 +16,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE,
+                                      MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
@@ -26,6 +30,9 @@ ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
 # MLflow 3's experiment types (the UI's "experiment type"); MLflow has no constant for them yet.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 LEASE_TAG = "lease_until"  # unix seconds: a RUNNING run whose lease has run out lost its process
+# The normexp command whose runs this process creates (record_command): environment variables, because a
+# sweep's joblib workers and SLURM jobs inherit them from the launching process, whose command it is.
+ENTRY_POINT_ENV, COMMAND_ENV = "NORMEXP_ENTRY_POINT", "NORMEXP_COMMAND"
 log = logging.getLogger(__name__)
 # MLflow announces creating a new SQLite store's tables on stderr, before a one-line error if there is one.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -73,6 +80,21 @@ def flat_params(cfg: TrainConfig) -> dict[str, str]:
 
     walk(container, "")
     return flat
+
+
+def record_command(entry_point: str, argv: list[str]) -> None:
+    """`python -m <entry_point> <argv>` is the command of the runs this process (and its workers) create."""
+    os.environ[ENTRY_POINT_ENV] = entry_point
+    os.environ[COMMAND_ENV] = shlex.join(["python", "-m", entry_point, *argv])
+
+
+def source_tags() -> dict[str, str]:
+    """Where a run came from (the MLflow UI's Source column): the entry point, e.g. normexp.train, and
+    its whole command line as the tag `command`. Code that calls normexp.train.run directly is the
+    source itself: its program and arguments."""
+    entry_point = os.environ.get(ENTRY_POINT_ENV) or Path(sys.argv[0]).name
+    return {MLFLOW_SOURCE_NAME: entry_point, MLFLOW_SOURCE_TYPE: "LOCAL",
+            "command": (os.environ.get(COMMAND_ENV) or shlex.join(sys.argv))[:MAX_TAG_VAL_LENGTH]}
 
 
 def git_commit() -> str:
@@ -146,7 +168,7 @@ def _hold(client: MlflowClient, run_id: str, tracking_cfg: TrackingConfig) -> No
 def _create_run(tracking_cfg: TrackingConfig, tags: dict) -> tuple[MlflowClient, str]:
     client, experiment_id = client_and_experiment(tracking_cfg)
     lease = {LEASE_TAG: _lease_until(tracking_cfg.lease_s)}
-    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | lease | tags)
+    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | source_tags() | lease | tags)
     _hold(client, run.info.run_id, tracking_cfg)
     return client, run.info.run_id
 

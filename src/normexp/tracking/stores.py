@@ -33,7 +33,12 @@ from mlflow.tracking import MlflowClient
 from normexp.errors import ConfigError
 from normexp.config.schema import TrackingConfig
 
-# src/normexp/stores.py -> the repository root (the package is installed editable).
+# Library noise kept out of normal output: MLflow's progress bars when a report downloads artifacts, and
+# Optuna's INFO line for each new study and trial. An explicit MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR wins.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The repository root (the package is installed editable).
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/normexp/tracking/stores.py
 SERVER_RETRIES = 2          # MLflow's retries of a request to a tracking server (stores._check_server)
 LOCKED_RETRIES = 5          # attempts after the first, each after MLflow's own 20 s wait
@@ -49,6 +54,24 @@ OPTUNA_TABLES = {"studies", "trials"}    # of one that is an Optuna storage
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+UI_PORT = 5000  # `mlflow ui`'s own default
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The experiment's Runs table in the MLflow UI, in model-training mode: the UI keeps its mode in the
+    browser, and a fresh browser opens an experiment on the GenAI overview unless the URL names the mode."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def browse_line(uri: str, experiment_id: str) -> str:
+    """How to see an experiment's runs: the server's page, or the `mlflow ui` command for a store file first."""
+    if uri.startswith(("http://", "https://")):
+        return f"Browse the runs: {runs_url(uri, experiment_id)}"
+    return (f"Browse the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}, "
+            f"then open {runs_url(uri, experiment_id)}")
 
 
 def artifact_root(cfg: TrackingConfig) -> str | None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from normexp import threads
 from normexp.config import schema as schemas
-from normexp.tracking import commands, faults, launchers, lifecycle, stores
+from normexp.tracking import commands, faults, launchers, lifecycle, progress, stores
 from normexp.config.schema import TrackingConfig
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
@@ -58,10 +58,12 @@ def hydra_job(tracking_cfg: TrackingConfig):
 
 
 def job_label() -> str:
-    """'[job 3] ' in a job of a multirun (Hydra's job number: parallel jobs' lines interleave), else ''."""
+    """'[job 3/40] ' in a job of a multirun (parallel jobs' lines interleave), else ''. Counted from 1: the
+    job's Hydra folder is one less (its hydra.job.num)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
         return ""
-    return f"[job {HydraConfig.get().job.num}] "
+    total = progress.total(Path(HydraConfig.get().sweep.dir))
+    return f"[job {HydraConfig.get().job.num + 1}{f'/{total}' if total else ''}] "
 
 
 def reports_failed_sweeps(hydra_main):
@@ -105,8 +107,9 @@ class SweepParentRun(Callback):
         # that cannot work before the parent run exists (Hydra composes the jobs' configs only after
         # this). Hydra turns a callback's exception into a warning and goes on: SystemExit stops it,
         # with the one line.
+        jobs = _jobs(config.hydra.overrides.task)
         try:
-            for job in _jobs(config.hydra.overrides.task) if config_name else []:  # None: not called by Hydra
+            for job in jobs if config_name else []:  # None: not called by Hydra
                 schemas.check(hydra.compose(config_name, overrides=job))
             launchers.check(config.hydra.launcher)
             stores.check(config.tracking)
@@ -118,18 +121,31 @@ class SweepParentRun(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         self.client, self.run_id = lifecycle.start_sweep_run(config.tracking, sweep_dir,
                                                             " ".join(config.hydra.overrides.task))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        progress.begin(sweep_dir, len(jobs), threads.launcher_jobs_at_once(config.hydra.launcher, len(jobs)))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run_id)
         self.config = config
         _open_sweeps.append(self)  # until on_multirun_end, which a failed job skips (reports_failed_sweeps)
 
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if HydraConfig.get().mode.name == "MULTIRUN":  # also called for a single run, which keeps no progress
+            progress.job_started(Path(config.hydra.sweep.dir), config.hydra.job.num)
+
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        # The parent names its failed jobs; it ends FAILED when the sweep does (cli.entry_point: Hydra
-        # raises the first failure after the last job). Under joblib this runs in the worker, on a copy.
-        if self.run_id and job_return.status.name == "FAILED":
+        # Under joblib or SLURM this runs in the job's process (self.run_id then None: the parent run's
+        # id is in the sweep folder). The parent names its failed jobs; it ends FAILED when the sweep does
+        # (commands.entry_point: Hydra raises the first failure after the last job).
+        if HydraConfig.get().mode.name != "MULTIRUN":
+            return
+        sweep_dir, failed = Path(config.hydra.sweep.dir), job_return.status.name == "FAILED"
+        progress.job_ended(sweep_dir, config.hydra.job.num, failed)
+        parent = parent_run_id()
+        if parent and failed:
             client = lifecycle.client_and_experiment(config.tracking)[0]
-            failed = [client.get_run(self.run_id).data.tags.get("failed_job"), " ".join(job_return.overrides)]
-            lifecycle.set_tags(client, self.run_id, {"failed_job": "; ".join(filter(None, failed))})
+            failed_jobs = [client.get_run(parent).data.tags.get("failed_job"), " ".join(job_return.overrides)]
+            lifecycle.set_tags(client, parent, {"failed_job": "; ".join(filter(None, failed_jobs))})
+        counts = progress.counts(sweep_dir)
+        if counts:
+            print(f"[sweep] {counts.line()}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         _open_sweeps.remove(self)
@@ -153,7 +169,8 @@ class SweepParentRun(Callback):
 
     def print_where(self) -> None:
         config = self.config
-        print(f"\nBrowse the runs: mlflow ui --backend-store-uri {stores.tracking_uri(config.tracking)} --host 127.0.0.1\n"
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        print(f"\n{stores.browse_line(stores.tracking_uri(config.tracking), experiment_id)}\n"
               f"  experiment '{config.tracking.experiment}', sweep parent run {self.run_id}; "
               f"Hydra's job folders: {config.hydra.sweep.dir}", flush=True)
 
