@@ -18,9 +18,9 @@ from normexp.analysis.results import OutcomeMetrics
 from normexp.config import schema
 from normexp.models import networks
 from normexp.probes import inference
-from normexp.tracking import commands, lifecycle, metrics, stores, sweep
+from normexp.tracking import commands, inputs, lifecycle, logged_model, metrics, stores, sweep, system_metrics
 from normexp.training import checkpoints
-from normexp.training.callbacks import CallbackGroup, DivergenceGuard, EpochHistory
+from normexp.training.callbacks import CallbackGroup, DivergenceGuard, EpochHistory, StopAtTarget
 from normexp.training.classifier import Classifier
 from normexp.config.schema import TrainConfig
 
@@ -53,7 +53,7 @@ class Outcome:
     diverged_at_step: int | None
     diverged_reason: str            # what the divergence guard saw, e.g. "loss 1.2e+11 > 10 x first-step loss 2.316"
     converged: bool                 # not diverged and best val accuracy >= dataset.converge_acc
-    epochs_to_target: int | None    # first epoch (1-based) from which val accuracy stays >= target (epochs_to_target())
+    epochs_to_target: float | None  # epochs trained at the first validation from which val accuracy stays >= target
     best_val_acc: float
     final_val_acc: float
     train_val_gap: float            # final train accuracy - final val accuracy
@@ -66,7 +66,7 @@ class Outcome:
     def summary(self) -> str:
         verdict = f"DIVERGED at step {self.diverged_at_step} ({self.diverged_reason})" if self.diverged else (
             "converged" if self.converged else "did not converge")
-        target = f"target at epoch {self.epochs_to_target}" if self.epochs_to_target else "target not reached"
+        target = f"target at epoch {self.epochs_to_target:g}" if self.epochs_to_target else "target not reached"
         return (f"{self.name}: {verdict}; val acc {self.final_val_acc:.4f} (best {self.best_val_acc:.4f}), "
                 f"{target}, test acc {self.test_acc:.4f}, {self.epoch_s:.2f} s/epoch  [run {self.run_id}]")
 
@@ -102,6 +102,8 @@ def run(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list[pl.C
 
     client, run_id, resume_from = _open_run(cfg, parent_run_id, model)
     with lifecycle.ending(client, run_id):  # FINISHED only after the outcome and figures are written
+        if resume_from is None:  # a resumed run has its inputs
+            inputs.log_splits(client, run_id, splits, cfg.dataset.name)
         batch_size = cfg.dataset.batch_size
         train_batches = data.Batches(splits.train, batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
         checkpointing = checkpoints.Checkpointing(checkpoints.path(cfg.tracking, run_id), train_batches, history)
@@ -113,7 +115,12 @@ def run(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list[pl.C
             deterministic=cfg.trainer.deterministic,
             logger=metrics.MetricsLogger(cfg.tracking, run_id),
             # One callback for Lightning (CallbackGroup); the checkpoint last: all states in.
-            callbacks=[CallbackGroup([guard, history, *probing, *callbacks, checkpointing])],
+            callbacks=[CallbackGroup([guard, history, *probing, *callbacks,
+                                      *([StopAtTarget(cfg.dataset.target_acc, TARGET_HELD_CHECKS)]
+                                        if cfg.trainer.stop_at_target else []),
+                                      checkpointing])],
+            # Several validations an epoch measure the time to target to a fraction of one (EpochHistory.checks).
+            val_check_interval=1 / cfg.trainer.val_checks_per_epoch,
             enable_checkpointing=False,
             enable_progress_bar=show_progress,
             enable_model_summary=show_progress,
@@ -123,31 +130,37 @@ def run(cfg: TrainConfig, parent_run_id: str | None = None, callbacks: list[pl.C
         if trainer.strategy.root_device.type != "cpu":
             splits.move_to(trainer.strategy.root_device)
         classifier = Classifier(model, cfg.optim)
-        trainer.fit(classifier, train_dataloaders=train_batches,
-                    val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
-                    ckpt_path=resume_from, weights_only=True)
-        test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False, drop_last=False),
-                                    verbose=False)[0]
+        with system_metrics.recording(cfg.tracking, client, run_id):
+            trainer.fit(classifier, train_dataloaders=train_batches,
+                        val_dataloaders=data.Batches(splits.val, batch_size, shuffle=False, drop_last=False),
+                        ckpt_path=resume_from, weights_only=True)
+            test_metrics = trainer.test(classifier, data.Batches(splits.test, batch_size, shuffle=False,
+                                                                 drop_last=False), verbose=False)[0]
         outcome = _outcome(cfg, run_id, guard, history, test_metrics["test/acc"])
         if cfg.probes.enabled:
             x = splits.test.x[: cfg.probes.inference_batch_size].to(trainer.strategy.root_device)  # (N, C, H, W)
             lifecycle.log_metrics(client, run_id, inference.inference_metrics(model, x, cfg.probes.inference_repeats))
         _log_outcome(client, run_id, outcome, device=str(trainer.strategy.root_device))
+        if cfg.tracking.log_model:  # after the test metrics, which are copied onto the model
+            logged_model.log(client, client.get_run(run_id).info.experiment_id, run_id, model,
+                             splits.test.x[:2].cpu().numpy())
         plots.log_figure(client, run_id, plots.curves(history.epochs), "plots/curves.png")
     checkpoints.remove(cfg.tracking, run_id)  # FINISHED: nothing left to resume
     return outcome
 
 
-# An epoch "reaches" the target when val accuracy stays at or above it for this many epochs in a row
-# (fewer at the end of training): one lucky epoch in a noisy curve does not count.
-TARGET_HELD_EPOCHS = 3
+# A validation "reaches" the target when val accuracy stays at or above it for this many validations in a
+# row (fewer at the end of training): one lucky validation in a noisy curve does not count.
+TARGET_HELD_CHECKS = 3
 
 
-def epochs_to_target(val_acc: list[float], target: float) -> int | None:
-    """The first epoch (1-based) from which val accuracy stays >= target for TARGET_HELD_EPOCHS epochs."""
-    for start in range(len(val_acc)):
-        if all(acc >= target for acc in val_acc[start : start + TARGET_HELD_EPOCHS]):
-            return start + 1
+def epochs_to_target(checks: list[tuple[float, float]], target: float) -> float | None:
+    """The epochs trained at the first validation from which val accuracy stays >= target for
+    TARGET_HELD_CHECKS validations; `checks` is every validation's (epochs trained, val accuracy), one an
+    epoch (1, 2, ...) or several (0.1, 0.2, ...: trainer.val_checks_per_epoch)."""
+    for start in range(len(checks)):
+        if all(acc >= target for _, acc in checks[start : start + TARGET_HELD_CHECKS]):
+            return round(checks[start][0], 3)
     return None
 
 
@@ -163,7 +176,7 @@ def _outcome(cfg: TrainConfig, run_id: str, guard: DivergenceGuard, history: Epo
         diverged_at_step=guard.diverged_at_step,
         diverged_reason=guard.reason,
         converged=not diverged and max(finite) >= cfg.dataset.converge_acc,
-        epochs_to_target=epochs_to_target(val_acc, cfg.dataset.target_acc),
+        epochs_to_target=epochs_to_target(history.checks, cfg.dataset.target_acc),
         best_val_acc=max(finite),
         final_val_acc=final.get("val/acc", math.nan),
         train_val_gap=final.get("train/acc", math.nan) - final.get("val/acc", math.nan),

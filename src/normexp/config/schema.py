@@ -173,6 +173,15 @@ class TrainerConfig:
     deterministic: Any = domain(OneOf((True, False, "warn")), "warn")  # Lightning's values
     progress_bar: Optional[bool] = MISSING
     resume: bool = MISSING          # continue the newest KILLED run of this config from its checkpoint
+    val_checks_per_epoch: int = domain(COUNT, "10")  # validations an epoch: the time to target's resolution
+    stop_at_target: bool = MISSING  # stop once val accuracy has held dataset.target_acc (train.TARGET_HELD_CHECKS)
+
+
+@dataclass
+class AnswersConfig:
+    # No difference beyond ±margin: a preset's equivalence margin for its claim (normexp.analysis.claims), in
+    # the unit of its effect (0.005: of accuracy; 1.1: a factor, for a speedup); null: a preset judges no claim.
+    margin: Optional[float] = domain(POSITIVE, "0.005")
 
 
 @dataclass
@@ -185,6 +194,9 @@ class TrackingConfig:
     heartbeat_s: float = domain(POSITIVE, "10")  # a RUNNING run's process renews its lease this often
     lease_s: float = domain(POSITIVE, "60")      # a lease not renewed for this long: the run's process is gone (KILLED)
     server_timeout_s: float = domain(POSITIVE, "5")  # a tracking server's answer to one request
+    log_model: bool = MISSING        # each training run logs its trained network as an MLflow model
+    system_metrics: bool = MISSING   # each training run records CPU, memory (and GPU) use as system/* metrics
+    system_metrics_interval_s: float = domain(POSITIVE, "10")  # one sample of them this often
 
 
 @dataclass
@@ -235,6 +247,7 @@ class TrainConfig:
     seed: int = domain(Interval(low=0, high=2**32 - 1), "0")  # Lightning's and NumPy's range
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
+    answers: AnswersConfig = field(default_factory=AnswersConfig)
 
 
 @dataclass
