@@ -35,7 +35,7 @@ from normexp.analysis.results import RunData
 from normexp.analysis.variants import variant_keys
 from normexp.errors import ConfigError
 from normexp.stable_lr import study as studies
-from normexp.tracking import stores, sweep
+from normexp.tracking import progress, stores, sweep
 
 START, END = "<!-- summary:start (make answers rewrites this table) -->", "<!-- summary:end -->"
 DOCS = stores.PROJECT_ROOT / "docs"  # the page answers.md; its figures in answers/
@@ -300,12 +300,18 @@ def main(argv: list[str] | None = None) -> None:
     client, started = MlflowClient(args.tracking_uri), time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         done = []
-        for question in questions:
+        counts = progress.Counts(total=len(questions), at_once=1)  # presets one after another
+        for k, question in enumerate(questions, start=1):
+            print(f"[preset {k}/{len(questions)}] {question.preset}", flush=True)
+            counts.running = 1
             try:
                 done.append(answer(question, client, args, Path(folder)))
             except ConfigError as error:
                 sys.exit(f"error: {error}")
-            print(f"{question.preset}: {done[-1].minutes:.1f} min, n={done[-1].seeds}", flush=True)
+            counts.running, counts.done = 0, counts.done + 1
+            counts.durations_s.append(done[-1].minutes * 60)
+            print(f"[preset {k}/{len(questions)}] {question.preset}: {done[-1].minutes:.1f} min, n={done[-1].seeds}; "
+                  f"[answers] {counts.line()}", flush=True)
     minutes = sum(a.minutes for a in done) if args.from_runs else (time.monotonic() - started) / 60
     answers_page = args.docs / "answers.md"
     args.docs.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from normexp.errors import ConfigError
-from normexp.tracking import faults, lifecycle
+from normexp.tracking import faults, lifecycle, source
 
 WORKERS_GRACE_S = 30  # how long an interrupted sweep waits for its joblib workers to end their runs
 # The signal this process is ending on; later ones are ignored. Process state: signals come to the process.
@@ -40,7 +40,7 @@ def entry_point(hydra_main):
         entry = hydra_main.__module__  # under `python -m normexp.train` it is __main__, named by its spec
         if entry == "__main__":
             entry = getattr(sys.modules["__main__"].__spec__, "name", None) or sys.argv[0]
-        lifecycle.record_command(entry, sys.argv[1:])
+        source.record_command(entry, sys.argv[1:])
         asked = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them: we print one line
         try:

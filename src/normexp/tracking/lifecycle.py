@@ -3,10 +3,6 @@ is created here and ended here, FINISHED only once everything it records is writ
 logger only logs metrics."""
 
 import logging
-import os
-import shlex
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -16,23 +12,19 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE,
-                                      MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
 from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
-from normexp.tracking import stores
+from normexp.tracking import source, stores
 from normexp.config.schema import TrackingConfig, TrainConfig
 
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
 # MLflow 3's experiment types (the UI's "experiment type"); MLflow has no constant for them yet.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 LEASE_TAG = "lease_until"  # unix seconds: a RUNNING run whose lease has run out lost its process
-# The normexp command whose runs this process creates (record_command): environment variables, because a
-# sweep's joblib workers and SLURM jobs inherit them from the launching process, whose command it is.
-ENTRY_POINT_ENV, COMMAND_ENV = "NORMEXP_ENTRY_POINT", "NORMEXP_COMMAND"
 log = logging.getLogger(__name__)
 # MLflow announces creating a new SQLite store's tables on stderr, before a one-line error if there is one.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -80,29 +72,6 @@ def flat_params(cfg: TrainConfig) -> dict[str, str]:
 
     walk(container, "")
     return flat
-
-
-def record_command(entry_point: str, argv: list[str]) -> None:
-    """`python -m <entry_point> <argv>` is the command of the runs this process (and its workers) create."""
-    os.environ[ENTRY_POINT_ENV] = entry_point
-    os.environ[COMMAND_ENV] = shlex.join(["python", "-m", entry_point, *argv])
-
-
-def source_tags() -> dict[str, str]:
-    """Where a run came from (the MLflow UI's Source column): the entry point, e.g. normexp.train, and
-    its whole command line as the tag `command`. Code that calls normexp.train.run directly is the
-    source itself: its program and arguments."""
-    entry_point = os.environ.get(ENTRY_POINT_ENV) or Path(sys.argv[0]).name
-    return {MLFLOW_SOURCE_NAME: entry_point, MLFLOW_SOURCE_TYPE: "LOCAL",
-            "command": (os.environ.get(COMMAND_ENV) or shlex.join(sys.argv))[:MAX_TAG_VAL_LENGTH]}
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=stores.PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def connect(cfg: TrackingConfig) -> MlflowClient:
@@ -168,7 +137,7 @@ def _hold(client: MlflowClient, run_id: str, tracking_cfg: TrackingConfig) -> No
 def _create_run(tracking_cfg: TrackingConfig, tags: dict) -> tuple[MlflowClient, str]:
     client, experiment_id = client_and_experiment(tracking_cfg)
     lease = {LEASE_TAG: _lease_until(tracking_cfg.lease_s)}
-    run = client.create_run(experiment_id, tags={MLFLOW_GIT_COMMIT: git_commit()} | source_tags() | lease | tags)
+    run = client.create_run(experiment_id, tags=source.tags() | lease | tags)
     _hold(client, run.info.run_id, tracking_cfg)
     return client, run.info.run_id
 
