@@ -3,6 +3,7 @@ depends on, opening (or resuming) a study, and its bracket so far."""
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import hydra
@@ -60,7 +61,9 @@ def open_study(cfg: SearchRunConfig) -> optuna.Study:
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=hydra.utils.instantiate(cfg.search.pruner))
     if study.metric_names is None:  # new, or made by an older normexp
-        study.set_metric_names([OBJECTIVE])
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, on every new study's command
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     wanted, stored = fingerprint(cfg), study.user_attrs.get("config")
     if stored is None:
         study.set_user_attr("config", wanted)
