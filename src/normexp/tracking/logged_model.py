@@ -2,8 +2,9 @@
 column) and to the metrics of its last epoch (test accuracy among them), with a signature and an input
 example, so that `mlflow.pytorch.load_model("models:/<model id>")` gives the network back in eval mode.
 
-The network is pickled (MLflow's default for PyTorch): loading it needs normexp importable, as in a clone
-with `make run`'s install. Its requirements are pinned to this torch and MLflow only: MLflow's own
+The network is pickled: loading it needs normexp importable, as in a clone with `make run`'s install.
+MLflow 3.17's own default is torch.export's "pt2" graph, which cannot trace model=seq's masked
+tokens (their count depends on the data), so the format is given here, the same for every model. Its requirements are pinned to this torch and MLflow only: MLflow's own
 inference of them would load the model again in a subprocess for each run."""
 
 import copy
@@ -30,7 +31,7 @@ def log(client: MlflowClient, experiment_id: str, run_id: str, model: nn.Module,
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
         mlflow.pytorch.log_model(cpu_copy, name=MODEL_NAME, model_id=logged.model_id, run_id=run_id, step=step,
-                                 input_example=example,
+                                 input_example=example, serialization_format="pickle",
                                  pip_requirements=[f"torch=={importlib.metadata.version('torch')}"])
     finally:
         mlflow.set_tracking_uri(previous)
