@@ -1,6 +1,7 @@
 """normexp.answers: one preset answered end to end into docs/answers.md and a README's summary table, again
 from its stored runs; the presets say how it shortens them; the committed summary links to the page."""
 
+import argparse
 import re
 
 import pytest
@@ -62,6 +63,15 @@ def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_ju
     assert 2 < needed <= 8 and f"; {needed} seeds, the second command adding seeds; margin 0.005)" in page
     assert f"seed={','.join(map(str, range(2, needed)))} " in page and "` then `python -m normexp.train" in page
     assert f"(n={needed})" in page and readme.read_text().rstrip().endswith(f"| {needed} |\n{answers.END}")
+
+    # Past the budget, the first round stands as it was judged, and its section says why no seeds were added.
+    args = argparse.Namespace(docs=docs, set=[], jobs=1, tracking_uri=tracking_uri, from_runs=False, max_seeds=8)
+    alone = answers.judge(next(q for q in answers.QUESTIONS if q.preset == "cnn"), mlflow_client, [first], docs)
+    assert answers.seeds_to_add(alone, args) == needed - 2
+    held = answers.extend(alone, needed - 2, mlflow_client, args, tmp_path, minutes_left=0)
+    assert held.seeds == 2 and held.parents == [first] and answers.latest_sweeps(mlflow_client, "cnn") == [first, second]
+    assert f"Seeds not added: {needed} seeds would decide at this spread, but adding them would take about " in held.section
+    assert "min and 0 min of the budget were left." in held.section
 
 
 def test_the_stable_lr_search_answers_with_each_norms_bracket_and_ratio_to_none(tmp_path, tracking_uri):

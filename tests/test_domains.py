@@ -33,7 +33,7 @@ NOT_STRINGS = {"true", "false", "null", "nan", "inf", "none", "yes", "no", "on",
 # One option per schema of each group: every key of every group is reached.
 OPTIONS = {"dataset": ["digits", "mnist"], "model": ["mlp", "cnn", "cnn_modern", "seq"],
            "norm": ["none", "bn", "bn_scratch", "ln", "ln_scratch", "gn"], "optim": ["adam", "sgd"]}
-NODES = ["trainer", "tracking", "divergence", "probes"]  # typed by the whole config's schema
+NODES = ["trainer", "tracking", "divergence", "probes", "answers"]  # typed by the whole config's schema
 
 
 @dataclass(frozen=True)

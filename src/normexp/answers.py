@@ -10,7 +10,9 @@ same verdicts, so they always agree.
 
 Seeds: each preset runs --seeds seeds (5); when its verdict is inconclusive and the observed spread says that
 at most --max-seeds (20) would decide, it runs the seeds up to that number once more and is judged once, on
-all of them (the second sweep's parent run has tag EXTENDS). The verdicts are normexp.analysis.verdicts.
+all of them (the second sweep's parent run has tag EXTENDS). Seeds are added after all first rounds, the
+cheapest first, while their estimated time fits in --budget minutes (120). The verdicts are
+normexp.analysis.verdicts.
 """
 
 import argparse
@@ -58,6 +60,7 @@ class Answer:
     seeds: int
     minutes: float     # the sweeps' wall time
     ended: datetime    # when the last sweep ended
+    parents: list[str]  # the sweeps' parent run ids: the first round's, and the added seeds' if any
 
 
 QUESTIONS = [
@@ -139,9 +142,9 @@ def _margin(runs: list[RunData]) -> str:
     return "" if margin == "None" else f"; margin {margin}"
 
 
-def judge(question: Question, client: MlflowClient, parent_ids: list[str], docs: Path) -> Answer:
+def judge(question: Question, client: MlflowClient, parent_ids: list[str], docs: Path, held_back: str = "") -> Answer:
     """One answer from its sweeps' runs in the store (one, or two when seeds were added): the commands that
-    ran, claim, verdict, tables and figure (written to docs/answers/)."""
+    ran, claim, verdict, tables and figure (written to docs/answers/); `held_back`: why seeds were not added."""
     parents = [client.get_run(i) for i in parent_ids]
     runs, left_out = report.load_runs(client, [r for i in parent_ids for r in report.sweep_runs(client, i)])
     jobs = max((r.jobs_at_once for r in runs), default=1)
@@ -160,12 +163,13 @@ def judge(question: Question, client: MlflowClient, parent_ids: list[str], docs:
                  f"{commands} ({minutes:.1f} min; varies {', '.join(variant_keys(runs))}; {seeds} seeds"
                  f"{', the second command adding seeds' if len(parents) > 1 else ''}{_margin(runs)})", "",
                  f"**Claim:** {question.claim}. **Verdict:** {verdict.words}. {verdict.evidence}.", "",
+                 *([f"Seeds not added: {held_back}.", ""] if held_back else []),
                  *[table.markdown for table in built.tables],
                  f"![{question.preset}](answers/{question.preset}.png)", ""]
     finally:
         built.close()
     return Answer(question, title, "\n".join(lines), verdict, seeds, minutes,
-                  datetime.fromtimestamp(max(p.info.end_time for p in parents) / 1000, timezone.utc))
+                  datetime.fromtimestamp(max(p.info.end_time for p in parents) / 1000, timezone.utc), parent_ids)
 
 
 def judge_search(client: MlflowClient, parent_id: str) -> Answer:
@@ -185,25 +189,41 @@ def judge_search(client: MlflowClient, parent_id: str) -> Answer:
              "([search.md](search.md)); bn / none's bracket runs from bn's largest stable rate / none's smallest "
              "unstable one to bn's smallest unstable rate / none's largest stable one.", ""]
     return Answer(SEARCH, title, "\n".join(lines), verdict, seeds, minutes,
-                  datetime.fromtimestamp(parent.info.end_time / 1000, timezone.utc))
+                  datetime.fromtimestamp(parent.info.end_time / 1000, timezone.utc), [parent_id])
 
 
-def answer(question: Question, client: MlflowClient, args, folder: Path) -> Answer:
-    """Train (or with --from-runs, find) the preset's sweeps and judge it once, on all its seeds."""
+def first_round(question: Question, client: MlflowClient, args, folder: Path) -> Answer:
+    """Train the preset over --seeds seeds (or with --from-runs, find its newest sweeps) and judge it."""
     if question is SEARCH:
         parent_id = (latest_sweeps(client, SEARCH.preset)[-1] if args.from_runs else
                      search(args.set, args.jobs, args.tracking_uri, args.optuna_storage, folder))
         return judge_search(client, parent_id)
     if args.from_runs:
         return judge(question, client, latest_sweeps(client, question.preset), args.docs)
-    first = train(question, range(args.seeds), args.set, args.jobs, args.tracking_uri, folder)
-    parents = [first]
-    # The one extra look: when the seeds do not decide and the spread says at most --max-seeds would.
-    needed = judge(question, client, parents, args.docs).verdict.seeds_needed
-    if needed and args.seeds < needed <= args.max_seeds:
-        parents.append(train(question, range(args.seeds, needed), args.set, args.jobs, args.tracking_uri, folder))
-        client.set_tag(parents[-1], EXTENDS, first)
-    return judge(question, client, parents, args.docs)
+    return judge(question, client, [train(question, range(args.seeds), args.set, args.jobs, args.tracking_uri, folder)],
+                 args.docs)
+
+
+def seeds_to_add(done: Answer, args) -> int:
+    """How many seeds the one extra look adds: up to the number the spread suggests, when the seeds do not
+    decide and that number is within --max-seeds; else 0."""
+    needed = done.verdict.seeds_needed
+    if args.from_runs or done.question is SEARCH or len(done.parents) > 1 or not needed:
+        return 0
+    return needed - done.seeds if done.seeds < needed <= args.max_seeds else 0
+
+
+def extend(done: Answer, added: int, client: MlflowClient, args, folder: Path, minutes_left: float) -> Answer:
+    """The one extra look: train `added` more seeds when their estimated time (the first round's per seed)
+    fits in what is left of the budget, and judge once, on all of them; otherwise say so in the section."""
+    minutes = done.minutes * added / done.seeds
+    if minutes > minutes_left:
+        return judge(done.question, client, done.parents, args.docs,
+                     held_back=f"{done.seeds + added} seeds would decide at this spread, but adding them would take "
+                               f"about {minutes:.0f} min and {max(minutes_left, 0):.0f} min of the budget were left")
+    second = train(done.question, range(done.seeds, done.seeds + added), args.set, args.jobs, args.tracking_uri, folder)
+    client.set_tag(second, EXTENDS, done.parents[0])
+    return judge(done.question, client, [*done.parents, second], args.docs)
 
 
 def machine() -> str:
@@ -251,7 +271,7 @@ def page(answers: list[Answer], args, minutes: float) -> str:
     rejudged = " The verdicts and tables were written again from those runs (`--from-runs`)." if args.from_runs else ""
     header = ["# Answers", "",
               "<!-- Written by `make answers` (python -m normexp.answers): change src/normexp/answers.py, not this page. -->", "",
-              f"Written by `make answers`: {minutes:.0f} min on a {machine()} (budget: 120 min on 2 cores), the last "
+              f"Written by `make answers`: {minutes:.0f} min on a {machine()} (budget: {args.budget:.0f} min on 2 cores), the last "
               f"sweep ended {ended} (UTC). Each command below is what ran; the presets are shortened where the answer "
               f"does not change (fewer epochs, some on a fraction of the training set).{rejudged}", "",
               "Comparisons are paired by seed, each judged on its 95% Student-t interval (a speedup's on the per-seed "
@@ -264,8 +284,10 @@ def page(answers: list[Answer], args, minutes: float) -> str:
               "reached it is left out (normexp.analysis.results).", "",
               f"Seeds: every preset runs {args.seeds}. When a claim is inconclusive and the spread says that at most "
               f"{args.max_seeds} seeds would decide, the preset runs once more with the seeds up to that number and "
-              f"is judged once, on all of them; n is given for each answer. The intervals are not corrected for "
-              "that one extra look, so they are a little too narrow where seeds were added.", "",
+              f"is judged once, on all of them; n is given for each answer. Seeds are added after every first round, "
+              f"the cheapest first, only while their time (estimated from the first round) fits in the budget; a "
+              f"section says where it did not. The intervals are not corrected for that one extra look, so they are "
+              "a little too narrow where seeds were added.", "",
               "The questions and how to run them: [questions.md](questions.md).", ""]
     return "\n".join([*header, *(a.section for a in answers), RUN_VERDICT])
 
@@ -286,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="these presets only (stable_lr: the search)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every preset (default %(default)s)")
     parser.add_argument("--max-seeds", type=int, default=20, help="the cap on the seeds added once (default %(default)s)")
+    parser.add_argument("--budget", type=float, default=120,
+                        help="minutes: seeds are added only while their estimated time fits (default %(default)s)")
     parser.add_argument("--jobs", type=int, default=threads.cpus(), help="runs at once (default: one per CPU, %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more override for every preset")
     parser.add_argument("--from-runs", action="store_true",
@@ -305,13 +329,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[preset {k}/{len(questions)}] {question.preset}", flush=True)
             counts.running = 1
             try:
-                done.append(answer(question, client, args, Path(folder)))
+                done.append(first_round(question, client, args, Path(folder)))
             except ConfigError as error:
                 sys.exit(f"error: {error}")
             counts.running, counts.done = 0, counts.done + 1
             counts.durations_s.append(done[-1].minutes * 60)
             print(f"[preset {k}/{len(questions)}] {question.preset}: {done[-1].minutes:.1f} min, n={done[-1].seeds}; "
                   f"[answers] {counts.line()}", flush=True)
+        # Seeds are added once all first rounds are in, the cheapest first, while the budget lasts.
+        extra = sorted((a.minutes * n / a.seeds, i, n) for i, a in enumerate(done) if (n := seeds_to_add(a, args)))
+        for k, (_, i, added) in enumerate(extra, start=1):
+            minutes_left = args.budget - (time.monotonic() - started) / 60
+            print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: +{added} seeds, {minutes_left:.0f} min of the "
+                  "budget left", flush=True)
+            done[i] = extend(done[i], added, client, args, Path(folder), minutes_left)
+            print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: n={done[i].seeds}, {done[i].verdict.words}", flush=True)
     minutes = sum(a.minutes for a in done) if args.from_runs else (time.monotonic() - started) / 60
     answers_page = args.docs / "answers.md"
     args.docs.mkdir(parents=True, exist_ok=True)
