@@ -3,12 +3,14 @@ column) and to the metrics of its last epoch (test accuracy among them), with a 
 example, so that `mlflow.pytorch.load_model("models:/<model id>")` gives the network back in eval mode.
 
 The network is pickled: loading it needs normexp importable, as in a clone with `make run`'s install.
-MLflow 3.17's own default is torch.export's "pt2" graph, which cannot trace model=seq's masked
-tokens (their count depends on the data), so the format is given here, the same for every model. Its requirements are pinned to this torch and MLflow only: MLflow's own
-inference of them would load the model again in a subprocess for each run."""
+MLflow 3.17's own default is torch.export's "pt2" graph, which cannot trace model=seq's masked tokens
+(their count depends on the data), so the format is given here, the same for every model, and MLflow's
+warning about that choice, one per run, is kept out of a sweep's output. Its requirements are pinned to
+this torch only: MLflow's own inference of them would load the model again in a subprocess for each run."""
 
 import copy
 import importlib.metadata
+import logging
 
 import mlflow.pytorch
 import numpy as np
@@ -17,6 +19,8 @@ from torch import nn
 
 MODEL_NAME = "model"
 TESTED_BY = "test/acc"  # the metric of the test after training (training.classifier)
+
+logging.getLogger("mlflow.pytorch").addFilter(lambda record: "Pickle or CloudPickle" not in record.getMessage())
 
 
 def log(client: MlflowClient, experiment_id: str, run_id: str, model: nn.Module, example: np.ndarray) -> str:
