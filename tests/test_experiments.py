@@ -1,6 +1,7 @@
 """The presets in conf/experiment/: each composes, every job of its sweep builds, and two run shrunk."""
 
 import itertools
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from normexp import data, train
+from normexp import answers, data, train
 from normexp.config import schema
 from normexp.models import networks
 from normexp.tracking.stores import PROJECT_ROOT
@@ -97,3 +98,18 @@ def test_the_other_presets_run_one_job_shrunk(name, compose_cfg, experiment_runs
     outcome = train.run(compose_cfg(f"experiment={name}", "dataset=digits", *job, "trainer.max_epochs=1"))
     (run,) = experiment_runs()
     assert run.info.status == "FINISHED" and outcome.epochs == 1 and 0 <= outcome.final_val_acc <= 1
+
+
+def test_no_two_presets_train_the_same_runs_in_make_answers():
+    """Every job of every question's preset, as `make answers` shrinks it (seed 0), is a config of its own:
+    two presets that shared runs would answer two questions with one set of figures."""
+    trained_by = {}  # the job's config without what names its preset (tracking, answers) -> preset
+    for question in answers.QUESTIONS:
+        for job in sweep_jobs(compose_preset(f"experiment={question.preset}").hydra.sweeper.params):
+            cfg = OmegaConf.to_container(compose_preset(f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
+            for node in ("hydra", "tracking", "answers"):
+                cfg.pop(node)
+            key = json.dumps(cfg, sort_keys=True)
+            assert key not in trained_by, f"{question.preset} {job} trains a run of {trained_by.get(key)}"
+            trained_by[key] = question.preset
+    assert len(set(trained_by.values())) == len(answers.QUESTIONS)
