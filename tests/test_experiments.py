@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from normexp import answers, data, train
 from normexp.config import schema
 from normexp.models import networks
+from normexp.tracking import sweep
 from normexp.tracking.stores import PROJECT_ROOT
 
 from .conftest import CONF_DIR
@@ -113,3 +114,19 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
             assert key not in trained_by, f"{question.preset} {job} trains a run of {trained_by.get(key)}"
             trained_by[key] = question.preset
     assert len(set(trained_by.values())) == len(answers.QUESTIONS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_the_parent_run_checks_every_job_of_the_preset_before_it_starts(name):
+    """on_multirun_start checks the jobs Hydra will launch: the preset's own sweep (hydra.sweeper.params),
+    not the un-swept base config (experiment=depth failed there: model.width without model.depth)."""
+    params = compose_preset(f"experiment={name}").hydra.sweeper.params
+    checked = [[o for o in job if o != f"experiment={name}"] for job in sweep._jobs(params, [f"experiment={name}"])]
+    assert checked == sweep_jobs(params)
+
+
+def test_a_command_line_sweep_replaces_the_presets_axis_of_the_same_key():
+    params = compose_preset("experiment=depth").hydra.sweeper.params
+    jobs = sweep._jobs(params, ["experiment=depth", "model.depth=2,4", "dataset=digits"])
+    assert len(jobs) == 3 * 2  # norm: none,bn,ln x model.depth: 2,4
+    assert all("dataset=digits" in job and any(o in job for o in ("model.depth=2", "model.depth=4")) for job in jobs)

@@ -322,28 +322,32 @@ def main(argv: list[str] | None = None) -> None:
     questions = [q for q in [*QUESTIONS, SEARCH] if not args.only or q.preset in args.only]
     split_readme(args.readme)  # a README without the markers is refused now, not after the sweeps
     client, started = MlflowClient(args.tracking_uri), time.monotonic()
-    with tempfile.TemporaryDirectory() as folder:
-        done = []
-        counts = progress.Counts(total=len(questions), at_once=1)  # presets one after another
-        for k, question in enumerate(questions, start=1):
-            print(f"[preset {k}/{len(questions)}] {question.preset}", flush=True)
-            counts.running = 1
-            try:
+    done, current = [], None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            counts = progress.Counts(total=len(questions), at_once=1)  # presets one after another
+            for k, question in enumerate(questions, start=1):
+                print(f"[preset {k}/{len(questions)}] {question.preset}", flush=True)
+                counts.running, current = 1, question.preset
                 done.append(first_round(question, client, args, Path(folder)))
-            except ConfigError as error:
-                sys.exit(f"error: {error}")
-            counts.running, counts.done = 0, counts.done + 1
-            counts.durations_s.append(done[-1].minutes * 60)
-            print(f"[preset {k}/{len(questions)}] {question.preset}: {done[-1].minutes:.1f} min, n={done[-1].seeds}; "
-                  f"[answers] {counts.line()}", flush=True)
-        # Seeds are added once all first rounds are in, the cheapest first, while the budget lasts.
-        extra = sorted((a.minutes * n / a.seeds, i, n) for i, a in enumerate(done) if (n := seeds_to_add(a, args)))
-        for k, (_, i, added) in enumerate(extra, start=1):
-            minutes_left = args.budget - (time.monotonic() - started) / 60
-            print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: +{added} seeds, {minutes_left:.0f} min of the "
-                  "budget left", flush=True)
-            done[i] = extend(done[i], added, client, args, Path(folder), minutes_left)
-            print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: n={done[i].seeds}, {done[i].verdict.words}", flush=True)
+                counts.running, counts.done = 0, counts.done + 1
+                counts.durations_s.append(done[-1].minutes * 60)
+                print(f"[preset {k}/{len(questions)}] {question.preset}: {done[-1].minutes:.1f} min, n={done[-1].seeds}; "
+                      f"[answers] {counts.line()}", flush=True)
+            # Seeds are added once all first rounds are in, the cheapest first, while the budget lasts.
+            extra = sorted((a.minutes * n / a.seeds, i, n) for i, a in enumerate(done) if (n := seeds_to_add(a, args)))
+            for k, (_, i, added) in enumerate(extra, start=1):
+                minutes_left = args.budget - (time.monotonic() - started) / 60
+                print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: +{added} seeds, {minutes_left:.0f} min of the "
+                      "budget left", flush=True)
+                current = done[i].question.preset
+                done[i] = extend(done[i], added, client, args, Path(folder), minutes_left)
+                print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: n={done[i].seeds}, {done[i].verdict.words}", flush=True)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    except subprocess.CalledProcessError as error:  # the sweep printed its own error line above
+        sys.exit(f"error: the sweep of preset {current} failed (exit {error.returncode}, its error is above); "
+                 f"nothing is written; fix it, then run again (--only {current} checks that preset alone)")
     minutes = sum(a.minutes for a in done) if args.from_runs else (time.monotonic() - started) / 60
     answers_page = args.docs / "answers.md"
     args.docs.mkdir(parents=True, exist_ok=True)

@@ -84,10 +84,13 @@ def reports_failed_sweeps(hydra_main):
     return main
 
 
-def _jobs(task_overrides) -> list[list[str]]:
-    """The jobs' overrides, as Hydra's basic sweeper splits a multirun (a,b,c sweeps; others left to Hydra)."""
+def _jobs(sweeper_params, task_overrides) -> list[list[str]]:
+    """The jobs' overrides, as Hydra's basic sweeper splits a multirun: a preset's hydra.sweeper.params,
+    then the command line's overrides, a later one replacing an earlier one of the same key (a,b,c
+    sweeps; others left to Hydra)."""
+    params = [f"{key}={value}" for key, value in (sweeper_params or {}).items()]
     choices = {}
-    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+    for override in OverridesParser.create().parse_overrides(params + list(task_overrides)):
         key = override.get_key_element()
         values = (override.sweep_string_iterator() if override.is_discrete_sweep()
                   else [] if override.is_sweep_override() else [override.get_value_element_as_str()])
@@ -107,7 +110,7 @@ class SweepParentRun(Callback):
         # that cannot work before the parent run exists (Hydra composes the jobs' configs only after
         # this). Hydra turns a callback's exception into a warning and goes on: SystemExit stops it,
         # with the one line.
-        jobs = _jobs(config.hydra.overrides.task)
+        jobs = _jobs(config.hydra.sweeper.get("params"), config.hydra.overrides.task)
         try:
             for job in jobs if config_name else []:  # None: not called by Hydra
                 schemas.check(hydra.compose(config_name, overrides=job))
