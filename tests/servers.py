@@ -25,7 +25,7 @@ except ImportError:  # missing("postgres") says how to install it
 
 VENV_BIN = Path(sys.executable).parent
 PG_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this unprivileged user
-START_TIMEOUT_S = 90
+START_TIMEOUT_S = 150  # a loaded 2-core CI machine is slow to start a server; only a failure waits this long
 SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
 CHROMIUM = "chromium"  # Debian's package: the browser for the UI tests
 
@@ -112,13 +112,14 @@ def postgres():
 @contextmanager
 def mlflow_server(backend_uri: str, folder: Path):
     """`mlflow server` on `backend_uri` bound to 127.0.0.1, artifacts proxied into folder/artifacts; yields
-    its http:// URL."""
+    its http:// URL. One uvicorn worker: more would each import MLflow again, and on a loaded 2-core CI
+    machine the second started a minute after the first (past START_TIMEOUT_S)."""
     folder.mkdir(parents=True, exist_ok=True)
     port, log = free_port(), folder / "mlflow-server.log"
     with open(log, "w") as out:
         process = subprocess.Popen([VENV_BIN / "mlflow", "server", "--backend-store-uri", backend_uri,
                                     "--artifacts-destination", folder / "artifacts", "--host", "127.0.0.1",
-                                    "--port", str(port), "--workers", "2"],
+                                    "--port", str(port), "--workers", "1"],
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
