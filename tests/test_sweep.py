@@ -55,7 +55,7 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
     assert done.returncode != 0 and "dataset.train_size=100000 is out of range" in done.stderr
     statuses = {r.info.run_name: r.info.status for r in experiment_runs()}
     assert "RUNNING" not in statuses.values()
-    assert statuses["bn-adam-lr0.001-bs64-s0"] == "FINISHED"
+    assert statuses["bn-adam-lr0.001-bs64-s0-train_size256"] == "FINISHED"  # the swept key in the name
     assert list(statuses.values()).count("FAILED") == 1  # the parent
 
 

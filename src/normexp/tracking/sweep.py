@@ -22,6 +22,7 @@ from normexp.tracking import commands, faults, launchers, lifecycle, progress, s
 from normexp.config.schema import TrackingConfig
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a Hydra sweep folder: the sweep's parent run
+SWEPT_KEYS_FILE = "swept_keys"  # beside it: the keys its jobs differ in, one a line (their run names say them)
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +32,14 @@ def parent_run_id() -> str | None:
         return None
     marker = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
     return marker.read_text().strip() if marker.exists() else None
+
+
+def swept_keys() -> list[str]:
+    """The keys the jobs of this Hydra multirun differ in (e.g. ['norm', 'model.depth']); [] outside one."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        return []
+    marker = Path(HydraConfig.get().sweep.dir) / SWEPT_KEYS_FILE
+    return marker.read_text().split() if marker.exists() else []
 
 
 @contextmanager
@@ -126,6 +135,11 @@ class SweepParentRun(Callback):
                                                             " ".join(config.hydra.overrides.task))
         progress.begin(sweep_dir, len(jobs), threads.launcher_jobs_at_once(config.hydra.launcher, len(jobs)))
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run_id)
+        values = {}  # key -> the values its jobs give it
+        for override in (o for job in jobs for o in job):
+            key, value = override.split("=", 1)
+            values.setdefault(key, set()).add(value)
+        (sweep_dir / SWEPT_KEYS_FILE).write_text("".join(f"{key}\n" for key, seen in values.items() if len(seen) > 1))
         self.config = config
         _open_sweeps.append(self)  # until on_multirun_end, which a failed job skips (reports_failed_sweeps)
 
