@@ -113,7 +113,8 @@ def slurm_env(tmp_path):
 # The modules whose tests start whole sweeps, searches and servers, in the order of their cost on the
 # 2-core machine (`make test` prints the 15 slowest tests). They go first, so that parallel workers do
 # not end on a long test while the others sit idle.
-SLOW_MODULES = ("test_scale_out.py", "test_sweep.py", "test_workers.py", "test_train.py", "test_search.py",
+SLOW_MODULES = ("test_domains.py", "test_scale_out.py", "test_sweep.py", "test_workers.py", "test_faults.py",
+                "test_tracking_native.py", "test_train.py", "test_search.py",
                 "test_report.py", "test_experiments.py", "test_answers.py")
 
 

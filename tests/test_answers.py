@@ -6,13 +6,14 @@ import re
 
 import pytest
 
-from normexp import answers
+from normexp.answers import page as answers_page, questions, run
+from normexp.tracking import stores
 
 
 def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
-    readme.write_text(f"# before\n{answers.START}\nold table\n{answers.END}\n# after\n")
-    answers.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits",
+    readme.write_text(f"# before\n{answers_page.START}\nold table\n{answers_page.END}\n# after\n")
+    run.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits",
                   "--set", "trainer.max_epochs=2", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
     assert page.startswith("# Answers\n") and "Written by `make answers`: " in page and "(budget: 120 min on 2 cores)" in page
@@ -29,7 +30,7 @@ def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, t
 
     # README: only the table between the markers changed; its one row says what the page's section says
     text = readme.read_text()
-    assert text.startswith(f"# before\n{answers.START}\n| question |") and text.endswith(f"|\n{answers.END}\n# after\n")
+    assert text.startswith(f"# before\n{answers_page.START}\n| question |") and text.endswith(f"|\n{answers_page.END}\n# after\n")
     assert "old table" not in text
     row = next(line for line in text.splitlines() if line.startswith("| [How much"))
     assert row.startswith(f"| [{title}](docs/answers.md#how-much-faster-does-batchnorm-make-the-mlp-converge) | "
@@ -39,45 +40,45 @@ def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, t
     assert f"| {words} | mlp: {evidence[:-1]} |" in row
 
     # --from-runs: the same answer from the stored sweep, nothing trained again
-    answers.main(["--only", "convergence", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
+    run.main(["--only", "convergence", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
     again = (docs / "answers.md").read_text()
     assert "written again from those runs (`--from-runs`)" in again and claim in again.splitlines()
     assert row in readme.read_text().splitlines()
     with pytest.raises(SystemExit, match="no finished sweep of experiment 'placement'"):
-        answers.main(["--only", "placement", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
+        run.main(["--only", "placement", "--from-runs", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
 
 
 def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_judged_on_all(tmp_path, tracking_uri,
                                                                                             mlflow_client):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
-    readme.write_text(f"{answers.START}\n{answers.END}\n")
+    readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
     # The small CNN on 126 digits, one epoch: 2 seeds leave bn - none undecided, and their spread says 8 would do.
-    answers.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits",
+    run.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits",
                   "--set", "trainer.max_epochs=1", "--set", "probes.enabled=false", "--tracking-uri", tracking_uri,
                   "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
-    first, second = answers.latest_sweeps(mlflow_client, "cnn")
-    assert mlflow_client.get_run(second).data.tags[answers.EXTENDS] == first
-    runs = answers.report.load_runs(mlflow_client, answers.report.sweep_runs(mlflow_client, first))[0]
-    needed = answers.verdicts.cnn(runs).seeds_needed
+    first, second = questions.latest_sweeps(mlflow_client, "cnn")
+    assert mlflow_client.get_run(second).data.tags[questions.EXTENDS] == first
+    runs = questions.report.load_runs(mlflow_client, questions.report.sweep_runs(mlflow_client, first))[0]
+    needed = questions.verdicts.cnn(runs).seeds_needed
     assert 2 < needed <= 8 and f"; {needed} seeds, the second command adding seeds; margin 0.005)" in page
     assert f"seed={','.join(map(str, range(2, needed)))} " in page and "` then `python -m normexp.train" in page
-    assert f"(n={needed})" in page and readme.read_text().rstrip().endswith(f"| {needed} |\n{answers.END}")
+    assert f"(n={needed})" in page and readme.read_text().rstrip().endswith(f"| {needed} |\n{answers_page.END}")
 
     # Past the budget, the first round stands as it was judged, and its section says why no seeds were added.
     args = argparse.Namespace(docs=docs, set=[], jobs=1, tracking_uri=tracking_uri, from_runs=False, max_seeds=8)
-    alone = answers.judge(next(q for q in answers.QUESTIONS if q.preset == "cnn"), mlflow_client, [first], docs)
-    assert answers.seeds_to_add(alone, args) == needed - 2
-    held = answers.extend(alone, needed - 2, mlflow_client, args, tmp_path, minutes_left=0)
-    assert held.seeds == 2 and held.parents == [first] and answers.latest_sweeps(mlflow_client, "cnn") == [first, second]
+    alone = questions.judge(next(q for q in questions.QUESTIONS if q.preset == "cnn"), mlflow_client, [first], docs)
+    assert run.seeds_to_add(alone, args) == needed - 2
+    held = run.extend(alone, needed - 2, mlflow_client, args, tmp_path, minutes_left=0)
+    assert held.seeds == 2 and held.parents == [first] and questions.latest_sweeps(mlflow_client, "cnn") == [first, second]
     assert f"Seeds not added: {needed} seeds would decide at this spread, but adding them would take about " in held.section
     assert "min and 0 min of the budget were left." in held.section
 
 
 def test_the_stable_lr_search_answers_with_each_norms_bracket_and_ratio_to_none(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
-    readme.write_text(f"{answers.START}\n{answers.END}\n")
-    answers.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", "search.seeds=1",
+    readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
+    run.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", "search.seeds=1",
                   "--set", "search.epochs=1", "--set", "search.lr_min=0.01", "--set", "search.lr_max=1", "--set", "search.resolution=10",
                   "--tracking-uri", tracking_uri, "--optuna-storage", f"sqlite:///{tmp_path}/optuna.db",
                   "--readme", str(readme), "--docs", str(docs)])
@@ -91,33 +92,33 @@ def test_the_stable_lr_search_answers_with_each_norms_bracket_and_ratio_to_none(
 
 def test_a_readme_without_the_markers_is_refused_before_anything_runs(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# no table\n{answers.END}\n{answers.START}\n")  # the end before the start: no table either
+    readme.write_text(f"# no table\n{answers_page.END}\n{answers_page.START}\n")  # the end before the start: no table either
     with pytest.raises(SystemExit, match=f"{readme} has no summary markers"):
-        answers.main(["--only", "convergence", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--readme", str(readme),
+        run.main(["--only", "convergence", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--readme", str(readme),
                       "--docs", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no store, no page
 
 
 def test_anchor_is_githubs():
-    assert answers.anchor("How much faster does BatchNorm make the MLP converge?") == \
+    assert answers_page.anchor("How much faster does BatchNorm make the MLP converge?") == \
         "how-much-faster-does-batchnorm-make-the-mlp-converge"
-    assert answers.anchor("How deep can the MLP go without a norm, with BN, with LN?") == \
+    assert answers_page.anchor("How deep can the MLP go without a norm, with BN, with LN?") == \
         "how-deep-can-the-mlp-go-without-a-norm-with-bn-with-ln"
-    assert answers.anchor("What does BatchNorm's momentum change?") == "what-does-batchnorms-momentum-change"
-    assert answers.anchor("Overfitting: final train - val accuracy") == "overfitting-final-train---val-accuracy"
-    assert answers.anchor("By init_scale: converged?") == "by-init_scale-converged"
+    assert answers_page.anchor("What does BatchNorm's momentum change?") == "what-does-batchnorms-momentum-change"
+    assert answers_page.anchor("Overfitting: final train - val accuracy") == "overfitting-final-train---val-accuracy"
+    assert answers_page.anchor("By init_scale: converged?") == "by-init_scale-converged"
 
 
 def test_the_committed_summary_links_to_sections_of_the_committed_page():
-    readme = (answers.stores.PROJECT_ROOT / "README.md").read_text()
-    page = (answers.DOCS / "answers.md").read_text()
-    table = readme.split(answers.START)[1].split(answers.END)[0]
+    readme = (stores.PROJECT_ROOT / "README.md").read_text()
+    page = (run.DOCS / "answers.md").read_text()
+    table = readme.split(answers_page.START)[1].split(answers_page.END)[0]
     links = re.findall(r"\]\(docs/answers\.md#([^)]+)\)", table)
-    headings = {answers.anchor(line[3:]) for line in page.splitlines() if line.startswith("## ")}
+    headings = {answers_page.anchor(line[3:]) for line in page.splitlines() if line.startswith("## ")}
     assert len(links) == len(headings) - 1 and set(links) <= headings  # every section but the runs' verdict
 
 
 def test_every_preset_says_how_make_answers_shortens_it():
-    for question in answers.QUESTIONS:
-        text = (answers.stores.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
+    for question in questions.QUESTIONS:
+        text = (stores.PROJECT_ROOT / "conf" / "experiment" / f"{question.preset}.yaml").read_text()
         assert f"# make answers runs it over 5 seeds or more with {' '.join(question.shrink)}:" in text, question.preset

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from normexp import answers, data, train
+from normexp import data, train
+from normexp.answers import questions
 from normexp.config import schema
 from normexp.models import networks
 from normexp.tracking import sweep
@@ -105,7 +106,7 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
     """Every job of every question's preset, as `make answers` shrinks it (seed 0), is a config of its own:
     two presets that shared runs would answer two questions with one set of figures."""
     trained_by = {}  # the job's config without what names its preset (tracking, answers) -> preset
-    for question in answers.QUESTIONS:
+    for question in questions.QUESTIONS:
         for job in sweep_jobs(compose_preset(f"experiment={question.preset}").hydra.sweeper.params):
             cfg = OmegaConf.to_container(compose_preset(f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
             for node in ("hydra", "tracking", "answers"):
@@ -113,7 +114,7 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
             key = json.dumps(cfg, sort_keys=True)
             assert key not in trained_by, f"{question.preset} {job} trains a run of {trained_by.get(key)}"
             trained_by[key] = question.preset
-    assert len(set(trained_by.values())) == len(answers.QUESTIONS)
+    assert len(set(trained_by.values())) == len(questions.QUESTIONS)
 
 
 @pytest.mark.parametrize("name", PRESETS)

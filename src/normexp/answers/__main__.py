@@ -1,0 +1,7 @@
+"""`python -m normexp.answers` (make answers)."""
+
+import sys
+
+from normexp.answers.run import main
+
+main(sys.argv[1:])
