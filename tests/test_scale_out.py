@@ -81,11 +81,12 @@ def test_joblib_sweep_reports_the_jobs_that_finished_when_one_fails(tmp_path, tr
     assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.train_size=100000 is out of range")
     parent, children = sweep_runs(mlflow_client, experiment_name)
     assert parent.info.status == "FAILED" and "dataset.train_size=100000" in parent.data.tags["failed_job"]
-    assert sorted(children) == sorted(RUN_NAMES.values())
+    named = {norm: f"{name}-train_size256" for norm, name in RUN_NAMES.items()}  # the swept key in the name
+    assert sorted(children) == sorted(named.values())
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert {c.data.tags["threads"] for c in children.values()} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
     assert "report/report.md" in {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "report")}
-    assert "## Report" in done.stdout and f"] {RUN_NAMES['bn']}: " in done.stdout  # its verdict line
+    assert "## Report" in done.stdout and f"] {named['bn']}: " in done.stdout  # its verdict line
     assert "Joblib.Parallel(n_jobs=2" in done.stdout  # two at a time (one-epoch runs seldom overlap, so not timed)
 
 
