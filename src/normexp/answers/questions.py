@@ -15,6 +15,7 @@ from normexp.analysis.variants import variant_keys
 from normexp.errors import ConfigError
 from normexp.stable_lr import study as studies
 
+
 @dataclass
 class Question:
     preset: str
