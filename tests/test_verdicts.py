@@ -42,7 +42,9 @@ def test_batch_size_judges_each_model_and_norm_from_batch_128_down_to_the_smalle
     assert verdict.words == ("cnn bn degrades: holds; cnn ln degrades: no difference beyond ±0.01; cnn gn degrades: "
                              "no difference beyond ±0.01; mlp bn degrades: holds; mlp ln degrades: no difference beyond "
                              "±0.01; mlp gn degrades: no difference beyond ±0.01")
-    assert "mlp bn degrades: final val error at batch 2 - at batch 128 +0.280, 95% CI" in verdict.evidence
+    # The one measure said once, then each part's value.
+    assert verdict.evidence.startswith("final val error at batch 2 - at batch 128: cnn bn degrades +0.280, 95% CI")
+    assert "; mlp bn degrades +0.280, 95% CI" in verdict.evidence and verdict.evidence.count("batch 128") == 1
 
 
 def test_init_scale_holds_when_only_the_norms_converge_at_every_scale_and_a_split_cell_is_inconclusive():

@@ -39,9 +39,15 @@ class Claim:
 class Judgement:
     kind: str                    # HOLDS, NO_DIFFERENCE, DOES_NOT_HOLD or INCONCLUSIVE
     words: str                   # the verdict as the page says it: "holds (faster: yes; 2-10x: not shown)"
-    effect: str                  # the evidence: "speedup 1.58x, 95% CI 1.10..2.27 (n=5)"
+    measure: str                 # what was measured (the claim's effect): "speedup"
+    value: str                   # its summary: "1.58x, 95% CI 1.10..2.27 (n=5)", or "no pairs"
     n: int                       # seeds paired
     seeds_needed: int | None     # INCONCLUSIVE: seeds that would decide at the observed spread (None: unknown)
+
+    @property
+    def effect(self) -> str:
+        """The evidence: "speedup 1.58x, 95% CI 1.10..2.27 (n=5)"."""
+        return f"{self.measure}: {self.value}" if self.n == 0 else f"{self.measure} {self.value}"
 
 
 def seeds_to_decide(mean: float, std: float, margin: float) -> int | None:
@@ -59,7 +65,7 @@ def seeds_to_decide(mean: float, std: float, margin: float) -> int | None:
     return None
 
 
-def _effect(claim: Claim, values: list[float]) -> str:
+def _value(claim: Claim, values: list[float]) -> str:
     if claim.ratio:
         mean, half, n = interval([math.log(v) for v in values if v > 0])
         shown = f"{math.exp(mean):.2f}x"
@@ -68,8 +74,8 @@ def _effect(claim: Claim, values: list[float]) -> str:
         mean, half, n = interval(values)
         shown, bounds = f"{mean:+.3f}", f"{mean - half:+.3f}..{mean + half:+.3f}"
     if n == 0:
-        return f"{claim.effect}: no pairs"
-    return f"{claim.effect} {shown} (n={n})" if n < 2 else f"{claim.effect} {shown}, 95% CI {bounds} (n={n})"
+        return "no pairs"
+    return f"{shown} (n={n})" if n < 2 else f"{shown}, 95% CI {bounds} (n={n})"
 
 
 def _size_part(claim: Claim, low: float, high: float) -> str:
@@ -85,18 +91,18 @@ def judge(claim: Claim, values: list[float]) -> Judgement:
     oriented = [claim.sign * (math.log(v) if claim.ratio else v) for v in values]
     margin = math.log(claim.margin) if claim.ratio else claim.margin
     mean, half, n = interval(oriented)
-    effect = _effect(claim, values)
+    value = _value(claim, values)
     if n < 2:
-        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", effect, n, None)
+        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", claim.effect, value, n, None)
     low, high = mean - half, mean + half
     if -margin < low and high < margin:  # first: an effect clear of zero but within the margin does not matter
         either = f"{claim.margin:g}x either way" if claim.ratio else f"±{claim.margin:g}"
-        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", effect, n, None)
+        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", claim.effect, value, n, None)
     if low > 0:
         parts = [f"{claim.word}: yes"] + ([_size_part(claim, math.exp(low), math.exp(high))] if claim.size else [])
-        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, effect, n, None)
+        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, claim.effect, value, n, None)
     if high < margin:
-        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", effect, n, None)
+        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", claim.effect, value, n, None)
     needed = seeds_to_decide(mean, describe(oriented)[1], margin)
     estimate = f"about {needed} would decide" if needed else f"more than {MOST_SEEDS} would be needed"
-    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", effect, n, needed)
+    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", claim.effect, value, n, needed)

@@ -29,8 +29,12 @@ def combine(parts: dict[str, Judgement]) -> Verdict:
         return f"{name}: {text}" if name else text
 
     needed = [j.seeds_needed for j in parts.values() if j.kind == INCONCLUSIVE and j.seeds_needed]
-    return Verdict("; ".join(label(k, j.words) for k, j in parts.items()),
-                   "; ".join(label(k, j.effect) for k, j in parts.items()),
+    measures = {j.measure for j in parts.values()}
+    if len(parts) > 1 and len(measures) == 1:  # one measure: said once, then each part's value
+        evidence = f"{measures.pop()}: " + "; ".join(f"{k} {j.value}" for k, j in parts.items())
+    else:
+        evidence = "; ".join(label(k, j.effect) for k, j in parts.items())
+    return Verdict("; ".join(label(k, j.words) for k, j in parts.items()), evidence,
                    min((j.n for j in parts.values()), default=0), max(needed, default=None))
 
 

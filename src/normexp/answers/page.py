@@ -19,17 +19,15 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU, {gpu}, torch {torch.__version__}"
 
 
-def anchor(heading: str) -> str:
-    """GitHub's anchor of a Markdown heading: lowercase, punctuation dropped, each space a hyphen."""
-    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
-
-
 def summary(answers: list[Answer], link: str) -> str:
-    """README's table: one row per answer, linking to its section of the page at `link`."""
-    lines = ["| question | claim | verdict | effect, 95% CI | seeds (n) |", "|---|---|---|---|---|"]
+    """README's table: one row per answer, linking to its section of the page at `link` (by the preset's
+    name, the section's short anchor: README stays within its size). The header says "95% CI" once, and
+    an effect's n is left out where it is the row's."""
+    lines = ["| question | claim | verdict | effect [95% CI] | seeds (n) |", "|---|---|---|---|---|"]
     for a in answers:
-        lines.append(f"| [{a.title}]({link}#{anchor(a.title)}) | {a.question.claim} | {a.verdict.words} | "
-                     f"{a.verdict.evidence} | {a.seeds} |")
+        effect = re.sub(r", 95% CI (\S+)", r" [\1]", a.verdict.evidence).replace(f" (n={a.seeds})", "")
+        lines.append(f"| [{a.title}]({link}#{a.question.preset}) | {a.question.claim} | {a.verdict.words} | "
+                     f"{effect} | {a.seeds} |")
     return "\n".join(lines)
 
 
@@ -77,7 +75,8 @@ def markdown(answers: list[Answer], args, minutes: float) -> str:
               f"section says where it did not. The intervals are not corrected for that one extra look, so they are "
               "a little too narrow where seeds were added.", "",
               "The questions and how to run them: [questions.md](questions.md).", ""]
-    return "\n".join([*header, *(a.section for a in answers), RUN_VERDICT])
+    sections = [f'<a id="{a.question.preset}"></a>\n\n{a.section}' for a in answers]  # README's links
+    return "\n".join([*header, *sections, RUN_VERDICT])
 
 
 def split_readme(readme: Path) -> tuple[str, str]:
