@@ -4,6 +4,7 @@ quietly runs one job at a time), a SLURM partition the cluster does not have."""
 
 import shutil
 import subprocess
+import warnings
 
 from omegaconf import DictConfig
 
@@ -11,6 +12,10 @@ from normexp import threads
 from normexp.errors import ConfigError
 
 SINFO_TIMEOUT_S = 10  # a SLURM controller that does not answer sinfo within this is refused
+# joblib's loky replaces a worker whose memory has grown 300 MB past what it held after its first job (a
+# later job on a larger data set or model: make answers' CNN presets on Fashion-MNIST) and gives the
+# pending jobs to the new one: nothing is lost, but it warns, in the launching process, in the sweep's output.
+warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
 
 
 def check(launcher_cfg: DictConfig) -> None:
