@@ -10,19 +10,11 @@ from omegaconf import OmegaConf
 
 from normexp import train
 from normexp.tracking import lifecycle
-from tests.conftest import compose
 
 
 def test_flat_params_use_dotted_keys():
     cfg = OmegaConf.create({"optim": {"lr": 0.01, "betas": [0.9, 0.99]}, "seed": 3})
     assert lifecycle.flat_params(cfg) == {"optim.lr": "0.01", "optim.betas": "[0.9, 0.99]", "seed": "3"}
-
-
-def test_a_run_name_says_every_key_its_sweep_varies():
-    cfg = compose("train", "experiment=sequence", "dataset.variable_length=true", "model.dropout=0.3")
-    assert lifecycle.run_name(cfg) == "seq-bn-adam-lr0.001-bs128-s0"
-    swept = ["norm", "dataset.variable_length", "model.dropout", "dataset", "optim.lr", "seed"]
-    assert lifecycle.run_name(cfg, swept) == "seq-bn-adam-lr0.001-bs128-s0-variable_length=true-dropout0.3-" + cfg.dataset.name
 
 
 def new_run(client: MlflowClient, experiment_name: str) -> str:

@@ -18,7 +18,7 @@ from normexp.analysis.results import OutcomeMetrics
 from normexp.config import schema
 from normexp.models import networks
 from normexp.probes import inference
-from normexp.tracking import commands, inputs, lifecycle, logged_model, metrics, stores, sweep, system_metrics
+from normexp.tracking import commands, inputs, lifecycle, logged_model, metrics, run_names, stores, sweep, system_metrics
 from normexp.training import checkpoints
 from normexp.training.callbacks import CallbackGroup, DivergenceGuard, EpochHistory, StopAtTarget
 from normexp.training.classifier import Classifier
@@ -171,7 +171,7 @@ def _outcome(cfg: TrainConfig, run_id: str, guard: DivergenceGuard, history: Epo
     final = history.epochs[-1] if history.epochs else {}
     return Outcome(
         run_id=run_id,
-        name=cfg.tracking.run_name or lifecycle.run_name(cfg),
+        name=cfg.tracking.run_name or run_names.run_name(cfg),
         diverged=diverged,
         diverged_at_step=guard.diverged_at_step,
         diverged_reason=guard.reason,
@@ -209,7 +209,7 @@ def _log_outcome(client, run_id: str, outcome: Outcome, device: str) -> None:
 def main(cfg: TrainConfig) -> Outcome:
     with sweep.hydra_job(cfg.tracking) as parent_run_id:
         if cfg.tracking.run_name is None:  # in a multirun, named by all its jobs differ in
-            cfg.tracking.run_name = lifecycle.run_name(cfg, sweep.swept_keys())
+            cfg.tracking.run_name = run_names.run_name(cfg, sweep.swept_keys())
         outcome = run(cfg, parent_run_id=parent_run_id)
     print(sweep.job_label() + outcome.summary(), flush=True)  # flushed: a joblib worker may be stopped, not exit
     return outcome

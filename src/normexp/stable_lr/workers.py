@@ -38,7 +38,7 @@ from normexp import threads, train
 from normexp.stable_lr import study as studies
 from normexp.stable_lr.bracket import plan
 from normexp.stable_lr.study import DECIDED, UNSTABLE
-from normexp.tracking import commands, lifecycle, stores
+from normexp.tracking import commands, lifecycle, run_names, stores
 from normexp.training.callbacks import TrialPruning
 from normexp.config.schema import SearchRunConfig, TrackingConfig, TrainConfig
 
@@ -146,7 +146,7 @@ def run_trial(cfg: SearchRunConfig, study: optuna.Study, trial: optuna.Trial, cl
             for index in range(cfg.search.seeds):
                 trial_cfg = OmegaConf.merge(cfg, {"optim": {"lr": lr}, "seed": cfg.seed + index,
                                                   "trainer": {"max_epochs": epochs}})
-                trial_cfg.tracking.run_name = f"trial{trial.number}-{lifecycle.run_name(trial_cfg)}"
+                trial_cfg.tracking.run_name = f"trial{trial.number}-{run_names.run_name(trial_cfg)}"
                 pruning = TrialPruning(trial, step_offset=index * epochs)
                 outcome = train.run(trial_cfg, parent_run_id=parent_id, callbacks=[pruning])
                 runs.append((outcome, "diverged" if outcome.diverged else "pruned" if pruning.pruned

@@ -1,4 +1,4 @@
-"""MLflow runs: their experiments, names and params, and the one owner of their lifecycle. Every run
+"""MLflow runs: their experiments and params, and the one owner of their lifecycle. Every run
 is created here and ended here, FINISHED only once everything it records is written; Lightning's
 logger only logs metrics."""
 
@@ -14,11 +14,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
-from normexp.tracking import source, stores
+from normexp.tracking import run_names, source, stores
 from normexp.config.schema import TrackingConfig, TrainConfig
 
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
@@ -48,32 +47,6 @@ def client_and_experiment(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     if cfg.description and (experiment is None or experiment.tags.get(MLFLOW_RUN_NOTE) != cfg.description):
         client.set_experiment_tag(experiment_id, MLFLOW_RUN_NOTE, cfg.description)
     return client, experiment_id
-
-
-# The keys run_name always says; a multirun's other swept keys are added to the name.
-NAMED_KEYS = {"model", "model.name", "norm", "norm.kind", "norm.placement", "optim", "optim.name", "optim.lr",
-              "dataset.batch_size", "seed"}
-
-
-def run_name(cfg: TrainConfig, swept: list[str] = ()) -> str:
-    """e.g. bn-adam-lr0.01-bs64-s0; the model is named when it is not the default MLP. The keys of
-    `swept` (what a multirun's jobs differ in) that the name does not say follow by their last part:
-    bn-adam-lr0.001-bs128-s0-depth8, ...-variable_length=true, ...-digits (a config group's option)."""
-    parts = [] if cfg.model.name == "mlp" else [cfg.model.name]
-    parts.append(variant_name(cfg.norm.kind, cfg.norm.placement))
-    parts += [cfg.optim.name, f"lr{cfg.optim.lr:g}", f"bs{cfg.dataset.batch_size}", f"s{cfg.seed}"]
-    for key in swept:
-        value = OmegaConf.select(cfg, key.lstrip("+~"))
-        if key in NAMED_KEYS or value is None:
-            continue
-        last = key.rsplit(".", 1)[-1]
-        if isinstance(value, DictConfig):  # a config group, e.g. dataset=digits,mnist
-            parts.append(str(value.name))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            parts.append(f"{last}={str(value).lower() if isinstance(value, bool) else value}")
-        else:
-            parts.append(f"{last}{value:g}")
-    return "-".join(parts)
 
 
 def flat_params(cfg: TrainConfig) -> dict[str, str]:
@@ -163,7 +136,7 @@ def _create_run(tracking_cfg: TrackingConfig, tags: dict) -> tuple[MlflowClient,
 def start_run(cfg: TrainConfig, parent_run_id: str | None, extra_params: dict | None = None) -> tuple[MlflowClient, str]:
     """Create the run of one training job (or study), with its config as params, tags and a YAML artifact."""
     tags = {
-        MLFLOW_RUN_NAME: cfg.tracking.run_name or run_name(cfg),
+        MLFLOW_RUN_NAME: cfg.tracking.run_name or run_names.run_name(cfg),
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "norm": cfg.norm.kind,
