@@ -25,8 +25,8 @@ def run_name(cfg: TrainConfig, swept: list[str] = ()) -> str:
         last = key.rsplit(".", 1)[-1]
         if isinstance(value, DictConfig):  # a config group, e.g. dataset=digits,mnist
             parts.append(str(value.name))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            parts.append(f"{last}={str(value).lower() if isinstance(value, bool) else value}")
-        else:
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             parts.append(f"{last}{value:g}")
+        else:  # a flag or a word: variable_length=true
+            parts.append(f"{last}={str(value).lower() if isinstance(value, bool) else value}")
     return "-".join(parts)

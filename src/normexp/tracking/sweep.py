@@ -26,20 +26,24 @@ SWEPT_KEYS_FILE = "swept_keys"  # beside it: the keys its jobs differ in, one a 
 log = logging.getLogger(__name__)
 
 
-def parent_run_id() -> str | None:
-    """The parent run of the Hydra multirun this job belongs to, or None outside a multirun."""
+def _sweep_file(name: str) -> str | None:
+    """The text of file `name` in this Hydra multirun's sweep folder (the launching process writes it);
+    None outside a multirun, or where there is no such file."""
     if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
         return None
-    marker = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
-    return marker.read_text().strip() if marker.exists() else None
+    marker = Path(HydraConfig.get().sweep.dir) / name
+    return marker.read_text() if marker.exists() else None
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the Hydra multirun this job belongs to, or None outside a multirun."""
+    text = _sweep_file(PARENT_RUN_FILE)
+    return text.strip() if text else None
 
 
 def swept_keys() -> list[str]:
     """The keys the jobs of this Hydra multirun differ in (e.g. ['norm', 'model.depth']); [] outside one."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
-        return []
-    marker = Path(HydraConfig.get().sweep.dir) / SWEPT_KEYS_FILE
-    return marker.read_text().split() if marker.exists() else []
+    return (_sweep_file(SWEPT_KEYS_FILE) or "").split()
 
 
 @contextmanager
