@@ -2,10 +2,12 @@
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -35,6 +37,27 @@ def tracking_dir(tmp_path_factory) -> Path:
     # One SQLite store for the session (creating its tables takes seconds); each test gets its own
     # experiment in it, so tests never see each other's runs.
     return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory, worker_id):
+    """built_once(name, build) -> folder: `build(folder)` runs in the first of the parallel workers to ask;
+    the others wait for it and read the same folder. For a costly module fixture whose tests the workers
+    share out among themselves (each would otherwise build it again). Its tests only read the folder."""
+    # Every worker's base temp is a folder of the same session folder; without xdist it is its own.
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+
+    def get(name: str, build) -> Path:
+        folder, built = root / name, root / f"{name}.built"
+        with FileLock(root / f"{name}.lock"):
+            if not built.exists():
+                shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+                folder.mkdir()
+                build(folder)
+                built.touch()
+        return folder
+
+    return get
 
 
 @pytest.fixture

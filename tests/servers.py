@@ -113,14 +113,17 @@ def postgres():
 def mlflow_server(backend_uri: str, folder: Path):
     """`mlflow server` on `backend_uri` bound to 127.0.0.1, artifacts proxied into folder/artifacts; yields
     its http:// URL. One uvicorn worker: more would each import MLflow again, and on a loaded 2-core CI
-    machine the second started a minute after the first (past START_TIMEOUT_S)."""
+    machine the second started a minute after the first (past START_TIMEOUT_S). No job execution: its
+    runner and huey consumers (eight more processes, each importing MLflow) serve GenAI jobs that no
+    test asks for."""
     folder.mkdir(parents=True, exist_ok=True)
     port, log = free_port(), folder / "mlflow-server.log"
     with open(log, "w") as out:
         process = subprocess.Popen([VENV_BIN / "mlflow", "server", "--backend-store-uri", backend_uri,
                                     "--artifacts-destination", folder / "artifacts", "--host", "127.0.0.1",
                                     "--port", str(port), "--workers", "1"],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:

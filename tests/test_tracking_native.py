@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -22,18 +23,23 @@ SWEEP = ["-m", "norm=bn,none", "seed=0,1", "trainer.max_epochs=12", "probes.enab
 NAMES = [f"{norm}-adam-lr0.001-bs64-s{seed}" for norm in ("bn", "none") for seed in (0, 1)]
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """A 4-job multirun on digits in its own store: (its stdout, the client, the experiment id, the runs by name)."""
-    folder = tmp_path_factory.mktemp("native")
+def run_sweep(folder: Path) -> None:
     uri = f"sqlite:///{folder}/mlflow.db"
     done = subprocess.run([sys.executable, "-m", "normexp.train", *SWEEP, f"tracking.uri={uri}",
                            f"hydra.sweep.dir={folder}/sweep"], cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(uri)
+    (folder / "output.txt").write_text(done.stdout + done.stderr)
+
+
+@pytest.fixture(scope="module")
+def sweep(built_once):
+    """A 4-job multirun on digits in its own store, run once for all workers: (its stdout and stderr, the
+    client, the experiment id, the runs by name)."""
+    folder = built_once("native-sweep", run_sweep)
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment_id = client.get_experiment_by_name("normexp").experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
-    return done.stdout + done.stderr, client, experiment_id, runs
+    return (folder / "output.txt").read_text(), client, experiment_id, runs
 
 
 def test_a_multirun_numbers_its_jobs_and_prints_its_progress_without_library_noise(sweep):
