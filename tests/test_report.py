@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from normexp import report
+from normexp.report import command as report_command
 from normexp.sweep_report import SweepReport
 from normexp.tracking.sweep import PARENT_RUN_FILE
 
@@ -172,7 +173,7 @@ def test_the_parent_run_carries_the_report_and_the_sweep_printed_it(sweep):
 
 def test_cli_prints_and_saves_markdown_csv_and_png(sweep, tmp_path, capsys):
     client, parent_id, _, _ = sweep
-    written = report.main(["--parent", parent_id, "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
+    written = report_command.main(["--parent", parent_id, "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
     assert {p.name for p in written} >= {"report.md", "convergence.md", "convergence.csv", "lr_tolerance.csv",
                                          "curves.png", "accuracy_vs_lr.png"}
     assert all(p.stat().st_size > 0 for p in written)
@@ -184,7 +185,7 @@ def test_cli_prints_and_saves_markdown_csv_and_png(sweep, tmp_path, capsys):
 
 def test_cli_experiment_and_filter_report_only_the_matching_runs(sweep, tmp_path):
     client, _, _, _ = sweep
-    report.main(["--experiment", "report_sweep", "--filter", "tags.norm = 'bn'",
+    report_command.main(["--experiment", "report_sweep", "--filter", "tags.norm = 'bn'",
                  "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
     with open(tmp_path / "convergence.csv") as f:
         rows = list(csv.DictReader(f))
@@ -202,7 +203,7 @@ def test_cli_experiment_and_filter_report_only_the_matching_runs(sweep, tmp_path
 def test_cli_refuses_bad_input_with_the_bad_value(sweep, args, message, capsys):
     client, _, _, _ = sweep
     with pytest.raises(SystemExit) as exit_info:
-        report.main([*args, "--tracking-uri", client.tracking_uri])
+        report_command.main([*args, "--tracking-uri", client.tracking_uri])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -210,11 +211,11 @@ def test_compare_activations_puts_one_layer_of_two_runs_side_by_side(sweep, tmp_
     client, _, children, _ = sweep
     groups = by_variant(children)
     runs = [next(r.info.run_id for r in groups[norm, "0.01"] if r.data.tags["seed"] == "0") for norm in ("bn", "none")]
-    written = report.main(["--compare-activations", *runs, "--layer", "hidden2", "--tracking-uri", client.tracking_uri,
+    written = report_command.main(["--compare-activations", *runs, "--layer", "hidden2", "--tracking-uri", client.tracking_uri,
                            "--out", str(tmp_path)])
     assert written == [tmp_path / "activations_hidden2.png"] and written[0].stat().st_size > 0
     with pytest.raises(SystemExit):
-        report.main(["--compare-activations", *runs, "--layer", "conv1", "--tracking-uri", client.tracking_uri])
+        report_command.main(["--compare-activations", *runs, "--layer", "conv1", "--tracking-uri", client.tracking_uri])
     assert "no such layer; it has hidden1, hidden2, hidden3, hidden4" in capsys.readouterr().err
 
 

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from normexp import report
+from normexp.report import command as report_command
 from normexp.tracking import stores
 from tests.mounts import read_only_folder  # noqa: F401 (a fixture)
 
 
 def refused(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        report.main(list(args))
+        report_command.main(list(args))
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and line.startswith("python -m normexp.report: error: ")
     return line.removeprefix("python -m normexp.report: error: ")

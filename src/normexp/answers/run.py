@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from normexp import answers, report, threads
+from normexp import answers, threads
 from normexp.answers import page
 from normexp.answers.questions import (EXTENDS, QUESTIONS, SEARCH, SEARCH_NORMS, Answer, Question, judge,
                                        judge_search, latest_sweeps, launcher)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more override for every preset")
     parser.add_argument("--from-runs", action="store_true",
                         help="train nothing: judge each preset's newest finished sweeps in the store again")
-    parser.add_argument("--tracking-uri", default=report.default_tracking_uri())
+    parser.add_argument("--tracking-uri", default=stores.default_tracking_uri())
     parser.add_argument("--optuna-storage", default=None, help="the search's Optuna storage (default: its own)")
     parser.add_argument("--readme", type=Path, default=stores.PROJECT_ROOT / "README.md")
     parser.add_argument("--docs", type=Path, default=DOCS, help="the folder of answers.md and answers/ (default: docs/)")

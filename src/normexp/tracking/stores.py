@@ -29,6 +29,7 @@ from pathlib import Path
 import optuna
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from normexp.errors import ConfigError
 from normexp.config.schema import TrackingConfig
@@ -54,6 +55,16 @@ OPTUNA_TABLES = {"studies", "trials"}    # of one that is an Optuna storage
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def tracking_defaults():
+    """conf/tracking/default.yaml, for the commands that read runs without composing a config (report,
+    answers): the store `python -m normexp.train` writes to by default, its server timeout."""
+    return OmegaConf.load(PROJECT_ROOT / "conf" / "tracking" / "default.yaml")
+
+
+def default_tracking_uri() -> str:
+    return tracking_uri(tracking_defaults())
 
 
 UI_PORT = 5000  # `mlflow ui`'s own default

@@ -1,16 +1,11 @@
-"""Comparison reports: the runs of a sweep -> the tables (Markdown, CSV) and overlay plots that answer its question.
-
-    python -m normexp.report --parent RUN_ID                      # a multirun's parent run
-    python -m normexp.report --experiment convergence --filter "tags.norm = 'bn'"
-    python -m normexp.report --compare-activations RUN_A RUN_B --layer hidden1
+"""Comparison reports: the runs of a sweep -> the tables (Markdown, CSV) and overlay plots that answer its
+question; `python -m normexp.report` is its command (report/command.py).
 
 Runs that differ only by seed form one variant (normexp.analysis.variants); the config params that vary across
 the runs name the variants and decide which tables (normexp.analysis.comparisons) and figures appear.
 """
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +15,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
-from omegaconf import OmegaConf
 
 from normexp.analysis import comparisons, histograms, plots, variants
 from normexp.analysis.results import RunData
@@ -28,7 +22,7 @@ from normexp.analysis.stats import describe
 from normexp.analysis.tables import Table
 from normexp.analysis.variants import Variant
 from normexp.errors import ConfigError
-from normexp.tracking import faults, lifecycle, stores
+from normexp.tracking import lifecycle, stores
 
 ARTIFACT_DIR = "report"  # in the parent run: report/report.md, report/<table>.csv, report/<figure>.png
 
@@ -234,79 +228,3 @@ def compare_activations(client: MlflowClient, run_a: str, run_b: str, layer: str
         series.append(by_layer[layer]["pre"])
         labels.append(client.get_run(run_id).info.run_name)
     return plots.activation_evolution_pair(series[0], series[1], tuple(labels), layer)
-
-
-def tracking_defaults():
-    """conf/tracking/default.yaml: the store `python -m normexp.train` writes to by default, its server timeout."""
-    return OmegaConf.load(stores.PROJECT_ROOT / "conf" / "tracking" / "default.yaml")
-
-
-def default_tracking_uri() -> str:
-    return stores.tracking_uri(tracking_defaults())
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m normexp.report", description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--parent", metavar="RUN_ID", help="the MLflow parent run of a multirun")
-    source.add_argument("--experiment", metavar="NAME", help="the training runs of this MLflow experiment")
-    source.add_argument("--compare-activations", nargs=2, metavar=("RUN_A", "RUN_B"),
-                        help="one layer's activation distribution over the epochs of two runs, side by side")
-    parser.add_argument("--filter", default="", metavar="MLFLOW_FILTER",
-                        help="with --experiment: only runs matching it, e.g. \"tags.norm = 'bn'\"")
-    parser.add_argument("--layer", default="hidden1", help="with --compare-activations (default: %(default)s)")
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: %(default)s")
-    parser.add_argument("--out", type=Path, help="folder for the files (default: reports/<parent run id, "
-                                                 "experiment or compared runs>/ in the project)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> list[Path]:
-    """The CLI; returns the paths of the files written. Bad input is one line and exit status 2 (argparse's);
-    a fault of the machine (a full disk, a silent server) one line and 1; anything else keeps its traceback."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.filter and not args.experiment:
-        parser.error("--filter goes with --experiment")
-    try:
-        return _write(args)
-    except ConfigError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except Exception as error:
-        if not faults.explain(error):
-            raise
-        parser.exit(1, f"{parser.prog}: error: {faults.explain(error)}\n")
-
-
-def _write(args) -> list[Path]:
-    stores.check_to_read(args.tracking_uri, "--tracking-uri", tracking_defaults().server_timeout_s)
-    if args.out:
-        stores.check_writable(args.out, "--out", str(args.out), "--out /tmp/report")
-    client = MlflowClient(args.tracking_uri)
-    lifecycle.reap_expired(client)  # first, runs whose process died end KILLED
-    reports = stores.PROJECT_ROOT / "reports"
-    if args.compare_activations:
-        fig = compare_activations(client, *args.compare_activations, args.layer)
-        path = (args.out or reports / "-".join(r[:8] for r in args.compare_activations)) / f"activations_{args.layer}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plots.plt.close(fig)
-        print(f"wrote {path}")
-        return [path]
-    if args.parent:
-        report, out = build_report(client, args.parent), args.out or reports / args.parent
-    else:
-        title = f"Report: experiment {args.experiment}" + (f" where {args.filter}" if args.filter else "")
-        report = report_from_runs(client, experiment_runs(client, args.experiment, args.filter), title)
-        out = args.out or reports / args.experiment
-    try:
-        print(report.markdown)
-        written = save(report, out)
-    finally:
-        report.close()
-    print(f"wrote {len(written)} files to {out}")
-    return written
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
