@@ -31,7 +31,7 @@ def test_a_speedup_clear_of_one_holds_and_says_which_part_of_the_range_is_shown(
     assert verdict.kind == HOLDS and verdict.words == "holds (faster: yes; 2-10x: no)"
     assert judge(SPEEDUP, [3.0, 4.0, 3.5, 5.0, 4.2]).words == "holds (faster: yes; 2-10x: yes)"
     assert judge(SPEEDUP, [1.3, 4.0, 2.5, 5.0, 1.9]).words == "holds (faster: yes; 2-10x: not shown)"
-    assert judge(SPEEDUP, [1.5, 1.6, 1.4, 1.55, 1.5]).effect.startswith("speedup 1.51x, 95% CI 1.42..")
+    assert judge(SPEEDUP, [1.5, 1.6, 1.4, 1.55, 1.5]).effect().startswith("speedup 1.51x, 95% CI 1.42..")
 
 
 def test_an_interval_within_the_margin_is_no_difference_beyond_it_even_when_clear_of_zero():

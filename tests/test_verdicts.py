@@ -3,6 +3,8 @@ the four kinds of normexp.analysis.claims."""
 
 import pytest
 
+from normexp.analysis.claims import Claim, judge
+
 from normexp.analysis import verdicts
 from normexp.analysis.results import RunData
 
@@ -94,3 +96,12 @@ def test_sequence_and_norms_cnn_name_each_part():
     runs = [run(s, k, None, 0.80 + g[s]) for k, g in gains.items() for s in range(3)]
     words = verdicts.norms_cnn(runs).words
     assert words.startswith("bn: holds; gn: inconclusive at 3 seeds (about ") and "; ln: holds; bn most (against ln): holds" in words
+
+
+def test_the_brief_evidence_brackets_each_interval_and_gives_an_n_only_where_it_is_not_the_rows():
+    speedup = Claim("speedup", "faster", 1.1, ratio=True)
+    verdict = verdicts.combine({"mlp": judge(speedup, [1.5, 1.6, 1.4, 1.55, 1.5]), "cnn": judge(speedup, [2, 2.5, 1.5])})
+    assert verdict.evidence == "speedup: mlp 1.51x, 95% CI 1.42..1.60 (n=5); cnn 1.96x, 95% CI 1.04..3.70 (n=3)"
+    assert verdict.brief(5) == "speedup: mlp 1.51x [1.42..1.60]; cnn 1.96x [1.04..3.70] (n=3)"
+    grid = verdicts.Verdict("holds", "Converged seeds per depth: none 2 2/2", 2, None)  # no judged parts
+    assert grid.brief(2) == grid.evidence

@@ -40,14 +40,24 @@ class Judgement:
     kind: str                    # HOLDS, NO_DIFFERENCE, DOES_NOT_HOLD or INCONCLUSIVE
     words: str                   # the verdict as the page says it: "holds (faster: yes; 2-10x: not shown)"
     measure: str                 # what was measured (the claim's effect): "speedup"
-    value: str                   # its summary: "1.58x, 95% CI 1.10..2.27 (n=5)", or "no pairs"
+    shown: str                   # the effect's mean: "1.58x", "+0.012" ("" with no pairs)
+    bounds: str | None           # its 95% interval: "1.10..2.27" (None: fewer than two pairs)
     n: int                       # seeds paired
     seeds_needed: int | None     # INCONCLUSIVE: seeds that would decide at the observed spread (None: unknown)
 
-    @property
-    def effect(self) -> str:
-        """The evidence: "speedup 1.58x, 95% CI 1.10..2.27 (n=5)"."""
-        return f"{self.measure}: {self.value}" if self.n == 0 else f"{self.measure} {self.value}"
+    def value(self, seeds: int | None = None) -> str:
+        """The effect: "1.58x, 95% CI 1.10..2.27 (n=5)", or "no pairs". With `seeds`, for a table whose
+        header names the 95% CI and the seeds: "1.58x [1.10..2.27]", its n given only where it is not `seeds`."""
+        if self.n == 0:
+            return "no pairs"
+        n = "" if self.n == seeds else f" (n={self.n})"
+        if seeds is not None:
+            return (self.shown if self.bounds is None else f"{self.shown} [{self.bounds}]") + n
+        return f"{self.shown}{n}" if self.bounds is None else f"{self.shown}, 95% CI {self.bounds}{n}"
+
+    def effect(self, seeds: int | None = None) -> str:
+        """The evidence: "speedup 1.58x, 95% CI 1.10..2.27 (n=5)"; `seeds` as in value."""
+        return f"{self.measure}: {self.value(seeds)}" if self.n == 0 else f"{self.measure} {self.value(seeds)}"
 
 
 def seeds_to_decide(mean: float, std: float, margin: float) -> int | None:
@@ -65,7 +75,8 @@ def seeds_to_decide(mean: float, std: float, margin: float) -> int | None:
     return None
 
 
-def _value(claim: Claim, values: list[float]) -> str:
+def _shown(claim: Claim, values: list[float]) -> tuple[str, str | None]:
+    """(the mean as shown, its 95% interval or None under two values): ("1.58x", "1.10..2.27")."""
     if claim.ratio:
         mean, half, n = interval([math.log(v) for v in values if v > 0])
         shown = f"{math.exp(mean):.2f}x"
@@ -73,9 +84,7 @@ def _value(claim: Claim, values: list[float]) -> str:
     else:
         mean, half, n = interval(values)
         shown, bounds = f"{mean:+.3f}", f"{mean - half:+.3f}..{mean + half:+.3f}"
-    if n == 0:
-        return "no pairs"
-    return f"{shown} (n={n})" if n < 2 else f"{shown}, 95% CI {bounds} (n={n})"
+    return ("", None) if n == 0 else (shown, None) if n < 2 else (shown, bounds)
 
 
 def _size_part(claim: Claim, low: float, high: float) -> str:
@@ -91,18 +100,18 @@ def judge(claim: Claim, values: list[float]) -> Judgement:
     oriented = [claim.sign * (math.log(v) if claim.ratio else v) for v in values]
     margin = math.log(claim.margin) if claim.ratio else claim.margin
     mean, half, n = interval(oriented)
-    value = _value(claim, values)
+    shown = _shown(claim, values)
     if n < 2:
-        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", claim.effect, value, n, None)
+        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", claim.effect, *shown, n, None)
     low, high = mean - half, mean + half
     if -margin < low and high < margin:  # first: an effect clear of zero but within the margin does not matter
         either = f"{claim.margin:g}x either way" if claim.ratio else f"±{claim.margin:g}"
-        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", claim.effect, value, n, None)
+        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", claim.effect, *shown, n, None)
     if low > 0:
         parts = [f"{claim.word}: yes"] + ([_size_part(claim, math.exp(low), math.exp(high))] if claim.size else [])
-        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, claim.effect, value, n, None)
+        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, claim.effect, *shown, n, None)
     if high < margin:
-        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", claim.effect, value, n, None)
+        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", claim.effect, *shown, n, None)
     needed = seeds_to_decide(mean, describe(oriented)[1], margin)
     estimate = f"about {needed} would decide" if needed else f"more than {MOST_SEEDS} would be needed"
-    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", claim.effect, value, n, needed)
+    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", claim.effect, *shown, n, needed)

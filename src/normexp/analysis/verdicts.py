@@ -8,7 +8,7 @@ cell whose seeds split leaves the claim inconclusive, and no seed count is estim
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from normexp.analysis.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Claim, Judgement, judge
 from normexp.analysis.results import RunData, differences, paired, speedups
@@ -21,21 +21,30 @@ class Verdict:
     evidence: str              # each part's effect with its interval and n
     n: int                     # seeds: the fewest paired in any part
     seeds_needed: int | None   # the most seeds an inconclusive part needs (None: no part gave an estimate)
+    parts: dict[str, Judgement] = field(default_factory=dict)  # combine's judged parts, by label
+
+    def brief(self, seeds: int) -> str:
+        """The evidence for a table whose header names the 95% CI and the seeds: intervals in brackets, an n
+        only where it is not `seeds`. A verdict of no judged parts (the grid questions) has no interval."""
+        return _evidence(self.parts, seeds) if self.parts else self.evidence
+
+
+def _label(name: str, text: str) -> str:
+    return f"{name}: {text}" if name else text
+
+
+def _evidence(parts: dict[str, Judgement], seeds: int | None = None) -> str:
+    measures = {j.measure for j in parts.values()}
+    if len(parts) > 1 and len(measures) == 1:  # one measure: said once, then each part's value
+        return f"{measures.pop()}: " + "; ".join(f"{k} {j.value(seeds)}" for k, j in parts.items())
+    return "; ".join(_label(k, j.effect(seeds)) for k, j in parts.items())
 
 
 def combine(parts: dict[str, Judgement]) -> Verdict:
     """One verdict from labelled parts ('' for a claim of one part)."""
-    def label(name: str, text: str) -> str:
-        return f"{name}: {text}" if name else text
-
     needed = [j.seeds_needed for j in parts.values() if j.kind == INCONCLUSIVE and j.seeds_needed]
-    measures = {j.measure for j in parts.values()}
-    if len(parts) > 1 and len(measures) == 1:  # one measure: said once, then each part's value
-        evidence = f"{measures.pop()}: " + "; ".join(f"{k} {j.value}" for k, j in parts.items())
-    else:
-        evidence = "; ".join(label(k, j.effect) for k, j in parts.items())
-    return Verdict("; ".join(label(k, j.words) for k, j in parts.items()), evidence,
-                   min((j.n for j in parts.values()), default=0), max(needed, default=None))
+    return Verdict("; ".join(_label(k, j.words) for k, j in parts.items()), _evidence(parts),
+                   min((j.n for j in parts.values()), default=0), max(needed, default=None), parts)
 
 
 def margin(runs: list[RunData]) -> float:
@@ -262,7 +271,7 @@ def stable_lr(summaries: list[dict], seeds: int) -> Verdict:
         return Verdict(f"inconclusive at {seeds} seeds (the search bracketed no rate for none or bn)", evidence, seeds, None)
     low = bn["max_stable_lr"] / none["min_unstable_lr"]
     high = (bn["min_unstable_lr"] or math.inf) / none["max_stable_lr"]
-    evidence += (f". Ratio to none: " + ", ".join(f"{k} {s['max_stable_lr'] / none['max_stable_lr']:.3g}x"
+    evidence += (". Ratio to none: " + ", ".join(f"{k} {s['max_stable_lr'] / none['max_stable_lr']:.3g}x"
                                                    for k, s in by.items() if k != "none" and s["max_stable_lr"])
                  + f"; bn / none bracketed {low:.3g}x..{high:.3g}x")
     if low > 1:

@@ -3,7 +3,6 @@ one row per answer linking to its section: table and page come from the same ver
 
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -25,9 +24,8 @@ def summary(answers: list[Answer], link: str) -> str:
     an effect's n is left out where it is the row's."""
     lines = ["| question | claim | verdict | effect [95% CI] | seeds (n) |", "|---|---|---|---|---|"]
     for a in answers:
-        effect = re.sub(r", 95% CI (\S+)", r" [\1]", a.verdict.evidence).replace(f" (n={a.seeds})", "")
         lines.append(f"| [{a.title}]({link}#{a.question.preset}) | {a.question.claim} | {a.verdict.words} | "
-                     f"{effect} | {a.seeds} |")
+                     f"{a.verdict.brief(a.seeds)} | {a.seeds} |")
     return "\n".join(lines)
 
 
