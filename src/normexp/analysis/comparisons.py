@@ -140,7 +140,7 @@ def versus_none_table(variants: list[Variant], keys: list[str], max_epochs: str)
                   "geometric mean); 'no clear difference' when it contains "
                   "1x (speed) or 0 (accuracy): the seeds do not show a difference beyond their noise. "
                   "Epochs to target: the epochs trained at the first validation from which val accuracy stays at or "
-                  "above it for 3 validations (several a epoch where trainer.val_checks_per_epoch says so); "
+                  "above it for 3 validations (several an epoch where trainer.val_checks_per_epoch says so); "
                   "a run without the norm that never reached it counts as its epoch budget (a lower bound), a pair "
                   "whose run with the norm never reached it is left out (normexp.analysis.results)."])
 
