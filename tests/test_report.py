@@ -186,7 +186,7 @@ def test_cli_prints_and_saves_markdown_csv_and_png(sweep, tmp_path, capsys):
 def test_cli_experiment_and_filter_report_only_the_matching_runs(sweep, tmp_path):
     client, _, _, _ = sweep
     report_command.main(["--experiment", "report_sweep", "--filter", "tags.norm = 'bn'",
-                 "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
+                         "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
     with open(tmp_path / "convergence.csv") as f:
         rows = list(csv.DictReader(f))
     # Only BN runs: the norm no longer varies, so it is no column and there is no comparison with none.
@@ -211,8 +211,8 @@ def test_compare_activations_puts_one_layer_of_two_runs_side_by_side(sweep, tmp_
     client, _, children, _ = sweep
     groups = by_variant(children)
     runs = [next(r.info.run_id for r in groups[norm, "0.01"] if r.data.tags["seed"] == "0") for norm in ("bn", "none")]
-    written = report_command.main(["--compare-activations", *runs, "--layer", "hidden2", "--tracking-uri", client.tracking_uri,
-                           "--out", str(tmp_path)])
+    written = report_command.main(["--compare-activations", *runs, "--layer", "hidden2",
+                                   "--tracking-uri", client.tracking_uri, "--out", str(tmp_path)])
     assert written == [tmp_path / "activations_hidden2.png"] and written[0].stat().st_size > 0
     with pytest.raises(SystemExit):
         report_command.main(["--compare-activations", *runs, "--layer", "conv1", "--tracking-uri", client.tracking_uri])

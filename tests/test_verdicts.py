@@ -3,9 +3,8 @@ the four kinds of normexp.analysis.claims."""
 
 import pytest
 
-from normexp.analysis.claims import Claim, judge
-
 from normexp.analysis import verdicts
+from normexp.analysis.claims import Claim, judge
 from normexp.analysis.results import RunData
 
 
