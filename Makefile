@@ -3,9 +3,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-# The suite mostly waits (servers starting, leases lapsing, subprocesses), so it runs in more worker
-# processes than there are cores; each test keeps its own stores, folders and ports.
-TEST_WORKERS ?= 4
+# Parallel pytest workers, each test with its own stores, folders and ports. The suite is CPU-bound: on
+# the 2-core machine 2 workers took 509 s, 3 took 568 s, 4 took 629 s (contention: more CPU work for the
+# same tests) and 1 took 820 s (the waits left a core idle); docs/performance.md.
+TEST_WORKERS ?= 2
 
 .PHONY: run test answers
 
