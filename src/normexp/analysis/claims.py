@@ -100,18 +100,22 @@ def judge(claim: Claim, values: list[float]) -> Judgement:
     oriented = [claim.sign * (math.log(v) if claim.ratio else v) for v in values]
     margin = math.log(claim.margin) if claim.ratio else claim.margin
     mean, half, n = interval(oriented)
-    shown = _shown(claim, values)
+    shown, bounds = _shown(claim, values)
+
+    def judgement(kind: str, words: str, needed: int | None = None) -> Judgement:
+        return Judgement(kind, words, claim.effect, shown, bounds, n, needed)
+
     if n < 2:
-        return Judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)", claim.effect, *shown, n, None)
+        return judgement(INCONCLUSIVE, f"inconclusive at {n} seed{'s' * (n != 1)} (no interval)")
     low, high = mean - half, mean + half
     if -margin < low and high < margin:  # first: an effect clear of zero but within the margin does not matter
         either = f"{claim.margin:g}x either way" if claim.ratio else f"±{claim.margin:g}"
-        return Judgement(NO_DIFFERENCE, f"no difference beyond {either}", claim.effect, *shown, n, None)
+        return judgement(NO_DIFFERENCE, f"no difference beyond {either}")
     if low > 0:
         parts = [f"{claim.word}: yes"] + ([_size_part(claim, math.exp(low), math.exp(high))] if claim.size else [])
-        return Judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS, claim.effect, *shown, n, None)
+        return judgement(HOLDS, f"holds ({'; '.join(parts)})" if claim.size else HOLDS)
     if high < margin:
-        return Judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})", claim.effect, *shown, n, None)
+        return judgement(DOES_NOT_HOLD, f"does not hold on this setup (not {claim.word})")
     needed = seeds_to_decide(mean, describe(oriented)[1], margin)
     estimate = f"about {needed} would decide" if needed else f"more than {MOST_SEEDS} would be needed"
-    return Judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", claim.effect, *shown, n, needed)
+    return judgement(INCONCLUSIVE, f"inconclusive at {n} seeds ({estimate})", needed)
