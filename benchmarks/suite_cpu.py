@@ -1,0 +1,96 @@
+"""Where the test suite's CPU goes: the pytest workers' own tests against the processes the tests start.
+
+    python benchmarks/suite_cpu.py [--workers 2] [pytest arguments ...]
+
+Runs `python -m pytest -n <workers> --dist worksteal` (make test) with a `sitecustomize.py` on PYTHONPATH,
+which every Python process the tests start inherits: at its exit each writes its own CPU time (user +
+system) and command line to a log. The figures group them by command. A process that is killed (SIGKILL,
+or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium), writes
+nothing: that share is the suite's whole CPU (getrusage of its waited-for descendants) less the logged sum.
+"""
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Written to PYTHONPATH/sitecustomize.py; Python imports it at every start (site), before the command runs.
+LOGGER = """
+import atexit, os
+_log = os.environ.get("SUITE_CPU_LOG")
+_command = " ".join(open("/proc/self/cmdline").read().replace("\\0", " ").split())  # one line: `-c` scripts have several
+
+def _write():
+    times = os.times()
+    with open(_log, "a") as log:
+        log.write(f"{times.user + times.system:.2f}\\t{_command[:300]}\\n")
+
+if _log:
+    atexit.register(_write)
+"""
+
+# (group, pattern on the command line), first match wins: the tests' own temp paths contain "pytest".
+GROUPS = [
+    ("pytest workers (the tests run in-process)", r"execnet|xdist|import sys;exec"),
+    ("joblib (loky) workers", r"loky\.backend\.popen"),
+    ("multiprocessing workers (search workers)", r"multiprocessing\.spawn"),
+    ("python -m normexp.train -m (multiruns)", r"-m normexp\.train -m "),
+    ("python -m normexp.train (single runs, refusals)", r"-m normexp\.train "),
+    ("python -m normexp.search", r"-m normexp\.search "),
+    ("SLURM jobs (submitit)", r"submitit"),
+    ("mlflow server, optuna-dashboard", r"mlflow server|uvicorn|optuna-dashboard"),
+    ("resource trackers", r"resource_tracker"),
+    ("pytest (the controller)", r"-m pytest"),
+]
+
+
+def group_of(command: str) -> str:
+    return next((name for name, pattern in GROUPS if re.search(pattern, command)), "other Python processes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (make test's TEST_WORKERS)")
+    args, pytest_args = parser.parse_known_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "sitecustomize.py").write_text(LOGGER)
+        log = Path(folder, "cpu.log")
+        env = os.environ | {"SUITE_CPU_LOG": str(log),
+                            "PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-n", str(args.workers), "--dist", "worksteal", "-q",
+                               *pytest_args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        wall_s = time.monotonic() - started
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lines = log.read_text().splitlines() if log.exists() else []
+
+    total_s = usage.ru_utime + usage.ru_stime
+    by_group, count = defaultdict(float), defaultdict(int)
+    for line in lines:
+        seconds, command = line.split("\t", 1)
+        by_group[group_of(command)] += float(seconds)
+        count[group_of(command)] += 1
+    logged_s = sum(by_group.values())
+    print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "(pytest printed nothing)")
+    print(f"\n{args.workers} workers, {os.cpu_count()} CPUs: {wall_s:.0f} s wall, {total_s:.0f} s CPU "
+          f"({100 * total_s / wall_s:.0f}% of one core)\n")
+    print(f"{'CPU s':>7} {'share':>6} {'procs':>6} {'s each':>7}  processes")
+    for name in sorted(by_group, key=by_group.get, reverse=True):
+        print(f"{by_group[name]:7.0f} {100 * by_group[name] / total_s:5.0f}% {count[name]:6d} "
+              f"{by_group[name] / count[name]:7.1f}  {name}")
+    print(f"{total_s - logged_s:7.0f} {100 * (total_s - logged_s) / total_s:5.0f}% {'':>6} {'':>7}  "
+          "not logged: killed processes, PostgreSQL, SLURM, Chromium")
+    sys.exit(done.returncode)
+
+
+if __name__ == "__main__":
+    main()
