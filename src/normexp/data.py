@@ -113,7 +113,8 @@ def _standardizer(cfg: DatasetConfig):
     std = torch.tensor(list(cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
 
     def standardize(images: np.ndarray) -> torch.Tensor:  # (N, C, H, W) raw pixel values
-        return (torch.from_numpy(images.astype(np.float32)) / cfg.max_value - mean) / std  # a copy: the raw arrays are shared
+        # astype copies: the raw arrays are shared
+        return (torch.from_numpy(images.astype(np.float32)) / cfg.max_value - mean) / std
 
     return standardize
 

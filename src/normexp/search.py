@@ -79,8 +79,8 @@ def log_evidence(study: optuna.Study, cfg: TrainConfig, client, parent_id: str, 
         for acc, seed_verdict in zip(t.user_attrs["final_val_acc"], t.user_attrs["seed_verdicts"]):
             kind = "diverged" if seed_verdict == "diverged" else "stable" if t.user_attrs["stable"] else "unstable"
             points.append((t.params["lr"], acc if acc is not None else math.nan, kind))
-    fig = plots.val_acc_vs_lr(points, cfg.dataset.converge_acc, summary["max_stable_lr"],
-                              summary["min_unstable_lr"], f"{study.study_name}\n{textwrap.fill(studies.definition(cfg), 110)}")
+    title = f"{study.study_name}\n{textwrap.fill(studies.definition(cfg), 110)}"
+    fig = plots.val_acc_vs_lr(points, cfg.dataset.converge_acc, summary["max_stable_lr"], summary["min_unstable_lr"], title)
     plots.log_figure(client, parent_id, fig, "plots/val_acc_vs_lr.png")
     client.log_text(parent_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
 

@@ -94,8 +94,8 @@ def norms(runs: list[RunData]) -> Verdict:
 
 def placement(runs: list[RunData]) -> Verdict:
     claim = Claim("final val accuracy, before - after the ReLU", "before is better", margin(runs))
-    return combine({"": judge(claim, _diffs(_runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"}),
-                                            _final_acc))})
+    before, after = _runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"})
+    return combine({"": judge(claim, _diffs(before, after, _final_acc))})
 
 
 def norms_cnn(runs: list[RunData]) -> Verdict:
@@ -106,14 +106,16 @@ def norms_cnn(runs: list[RunData]) -> Verdict:
     others = [k for k in kinds if k != "bn"]
     if "bn" in kinds and others:
         best = max(others, key=lambda k: interval([r.outcome.final_val_acc for r in _runs(runs, {"norm.kind": k})])[0])
-        parts[f"bn most (against {best})"] = judge(Claim(f"final val accuracy, bn - {best}", "bn higher", claim.margin),
-                                                   _diffs(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": best}), _final_acc))
+        bn_most = Claim(f"final val accuracy, bn - {best}", "bn higher", claim.margin)
+        parts[f"bn most (against {best})"] = judge(bn_most, _diffs(_runs(runs, {"norm.kind": "bn"}),
+                                                                   _runs(runs, {"norm.kind": best}), _final_acc))
     return combine(parts)
 
 
 def cnn(runs: list[RunData]) -> Verdict:
     claim = Claim("final val accuracy, bn - none", "higher accuracy", margin(runs))
-    return combine({"": judge(claim, _diffs(_runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": "none"}), _final_acc))})
+    bn, plain = _runs(runs, {"norm.kind": "bn"}), _runs(runs, {"norm.kind": "none"})
+    return combine({"": judge(claim, _diffs(bn, plain, _final_acc))})
 
 
 def regularization(runs: list[RunData]) -> Verdict:
@@ -123,8 +125,10 @@ def regularization(runs: list[RunData]) -> Verdict:
 
     plain = _runs(runs, {"norm.kind": "none", "model.dropout": 0.0})
     claim = Claim("change of the train-val gap against none", "smaller gap", margin(runs), sign=-1)
-    return combine({"bn": judge(claim, _diffs(_runs(runs, {"norm.kind": "bn", "model.dropout": 0.0}), plain, gap)),
-                    "dropout 0.3": judge(claim, _diffs(_runs(runs, {"norm.kind": "none", "model.dropout": 0.3}), plain, gap))})
+    bn = _runs(runs, {"norm.kind": "bn", "model.dropout": 0.0})
+    dropout = _runs(runs, {"norm.kind": "none", "model.dropout": 0.3})
+    return combine({"bn": judge(claim, _diffs(bn, plain, gap)),
+                    "dropout 0.3": judge(claim, _diffs(dropout, plain, gap))})
 
 
 def batch_size(runs: list[RunData]) -> Verdict:
@@ -165,11 +169,11 @@ def sequence(runs: list[RunData]) -> Verdict:
         return _runs(runs, {"norm.kind": kind, "dataset.variable_length": str(variable)})
 
     m = margin(runs)
+    loses = Claim("final val accuracy, variable - fixed length", "loses", m, sign=-1)
+    behind = Claim("final val accuracy at variable length, bn - ln", "behind", m, sign=-1)
     return combine({
-        "ln loses accuracy at variable length": judge(Claim("final val accuracy, variable - fixed length", "loses", m, sign=-1),
-                                                      _diffs(by("ln", True), by("ln", False), _final_acc)),
-        "masked bn falls behind ln": judge(Claim("final val accuracy at variable length, bn - ln", "behind", m, sign=-1),
-                                           _diffs(by("bn", True), by("ln", True), _final_acc))})
+        "ln loses accuracy at variable length": judge(loses, _diffs(by("ln", True), by("ln", False), _final_acc)),
+        "masked bn falls behind ln": judge(behind, _diffs(by("bn", True), by("ln", True), _final_acc))})
 
 
 # ---- the grid questions: every seed converged, per cell ------------------------------------------
@@ -209,15 +213,17 @@ def lr_tolerance(runs: list[RunData]) -> Verdict:
     evidence = "Converged seeds per learning rate: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items())
     none_fails = [v for v in fail["none"] if ok["none"] and v > max(ok["none"])]
     if not ok["none"] or not ok["bn"] or not none_fails:
-        return Verdict(f"inconclusive at {n} seeds (the grid does not bracket both norms' largest rate)", evidence, n, None)
+        return Verdict(f"inconclusive at {n} seeds (the grid does not bracket both norms' largest rate)",
+                       evidence, n, None)
     low = max(ok["bn"]) / min(none_fails)
     high = min((v for v in fail["bn"] if v > max(ok["bn"])), default=math.inf) / max(ok["none"])
     evidence += f". Ratio of the largest converging rates, bn / none: {low:.3g}x..{high:.3g}x (the grid's bracket)"
     if low > 1:
         size = "yes" if 10 <= low and high <= 100 else "no" if high < 10 or low > 100 else "not shown"
         return Verdict(f"holds (higher: yes; 10-100x: {size})", evidence, n, None)
-    return Verdict(f"{DOES_NOT_HOLD} on this setup" if high <= 1 else
-                   f"inconclusive at {n} seeds (the grid's bracket contains 1x; the search brackets finer)", evidence, n, None)
+    words = (f"{DOES_NOT_HOLD} on this setup" if high <= 1 else
+             f"inconclusive at {n} seeds (the grid's bracket contains 1x; the search brackets finer)")
+    return Verdict(words, evidence, n, None)
 
 
 def init_scale(runs: list[RunData]) -> Verdict:
@@ -268,7 +274,8 @@ def stable_lr(summaries: list[dict], seeds: int) -> Verdict:
     evidence = "Largest stable learning rate: " + "; ".join(bracket(k) for k in by)
     none, bn = by.get("none"), by.get("bn")
     if not none or not bn or not all((none["max_stable_lr"], none["min_unstable_lr"], bn["max_stable_lr"])):
-        return Verdict(f"inconclusive at {seeds} seeds (the search bracketed no rate for none or bn)", evidence, seeds, None)
+        return Verdict(f"inconclusive at {seeds} seeds (the search bracketed no rate for none or bn)",
+                       evidence, seeds, None)
     low = bn["max_stable_lr"] / none["min_unstable_lr"]
     high = (bn["min_unstable_lr"] or math.inf) / none["max_stable_lr"]
     evidence += (". Ratio to none: " + ", ".join(f"{k} {s['max_stable_lr'] / none['max_stable_lr']:.3g}x"

@@ -54,10 +54,12 @@ def markdown(answers: list[Answer], args, minutes: float) -> str:
     ended = max(a.ended for a in answers).strftime("%Y-%m-%d")
     rejudged = " The verdicts and tables were written again from those runs (`--from-runs`)." if args.from_runs else ""
     header = ["# Answers", "",
-              "<!-- Written by `make answers` (python -m normexp.answers): change src/normexp/answers/, not this page. -->", "",
-              f"Written by `make answers`: {minutes:.0f} min on a {machine()} (budget: {args.budget:.0f} min on 2 cores), the last "
-              f"sweep ended {ended} (UTC). Each command below is what ran; the presets are shortened where the answer "
-              f"does not change (fewer epochs, some on a fraction of the training set).{rejudged}", "",
+              "<!-- Written by `make answers` (python -m normexp.answers): change src/normexp/answers/, "
+              "not this page. -->", "",
+              f"Written by `make answers`: {minutes:.0f} min on a {machine()} (budget: {args.budget:.0f} min on 2 "
+              f"cores), the last sweep ended {ended} (UTC). Each command below is what ran; the presets are "
+              f"shortened where the answer does not change (fewer epochs, some on a fraction of the training "
+              f"set).{rejudged}", "",
               "Comparisons are paired by seed, each judged on its 95% Student-t interval (a speedup's on the per-seed "
               "log ratios, shown as a geometric mean) against the margin M its preset states (`answers.margin`). "
               "Each verdict is one of four: **holds** (the interval is clear of no effect; for a range claim, which "

@@ -90,7 +90,8 @@ def latest_sweeps(client: MlflowClient, preset: str) -> list[str]:
 def _command(client: MlflowClient, parent, jobs: int, module: str) -> str:
     """The command as typed: the store's location and the progress bar aside; the launcher is Hydra's (not
     among the job overrides), known from how many jobs shared the CPUs."""
-    overrides = [o for o in parent.data.tags["overrides"].split() if not o.startswith(("tracking.uri=", "trainer.progress_bar="))]
+    overrides = [o for o in parent.data.tags["overrides"].split()
+                 if not o.startswith(("tracking.uri=", "trainer.progress_bar="))]
     overrides += launcher(jobs)
     return f"`python -m normexp.{module} -m {' '.join(overrides)}`"
 

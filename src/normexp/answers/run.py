@@ -34,8 +34,9 @@ def search(extra: list[str], jobs: int, tracking_uri: str, storage: str | None, 
     """The search for every norm of SEARCH_NORMS, one study each, `jobs` at once; returns its parent run's id."""
     sweep_dir = folder / SEARCH.preset
     subprocess.run([sys.executable, "-m", "normexp.search", "-m", f"norm={SEARCH_NORMS}", "dataset=fashion_mnist",
-                    *SEARCH.shrink, *extra, *launcher(jobs), f"tracking.uri={tracking_uri}", f"tracking.experiment={SEARCH.preset}",
-                    *([f"search.storage={storage}"] if storage else []), "trainer.progress_bar=false",
+                    *SEARCH.shrink, *extra, *launcher(jobs), f"tracking.uri={tracking_uri}",
+                    f"tracking.experiment={SEARCH.preset}", *([f"search.storage={storage}"] if storage else []),
+                    "trainer.progress_bar=false",
                     f"hydra.sweep.dir={sweep_dir}"], check=True, stdout=subprocess.DEVNULL)
     return (sweep_dir / sweep.PARENT_RUN_FILE).read_text().strip()
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                       "budget left", flush=True)
                 current = done[i].question.preset
                 done[i] = extend(done[i], added, client, args, Path(folder), minutes_left)
-                print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: n={done[i].seeds}, {done[i].verdict.words}", flush=True)
+                print(f"[seeds {k}/{len(extra)}] {done[i].question.preset}: n={done[i].seeds}, "
+                      f"{done[i].verdict.words}", flush=True)
     except ConfigError as error:
         sys.exit(f"error: {error}")
     except subprocess.CalledProcessError as error:  # the sweep printed its own error line above

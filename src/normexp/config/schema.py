@@ -211,7 +211,7 @@ class SearchConfig:
     pruner: Any = MISSING           # an optuna.pruners class and its arguments (_target_, ...)
     storage: Optional[str] = MISSING
     study_name: Optional[str] = MISSING
-    workers: int = domain(COUNT, "2")  # worker processes on this machine, each training its own rate (normexp.stable_lr.workers)
+    workers: int = domain(COUNT, "2")  # processes on this machine, each training its own rate (stable_lr.workers)
 
 
 # ---- the whole config ---------------------------------------------------------------------------
@@ -269,8 +269,8 @@ def refuse_added_keys(cfg: TrainConfig) -> None:
         known = [f.name for f in fields(OmegaConf.get_type(cfg[group]))]
         added = [key for key in cfg[group] if key not in known]
         if added:
-            raise ConfigError(f"unknown key {group}.{added[0]}; {group}={cfg[group].name if 'name' in cfg[group] else cfg[group].kind} "
-                              f"has: {', '.join(known)}")
+            option = cfg[group].name if "name" in cfg[group] else cfg[group].kind
+            raise ConfigError(f"unknown key {group}.{added[0]}; {group}={option} has: {', '.join(known)}")
 
 
 _store = ConfigStore.instance()

@@ -55,7 +55,8 @@ def split(low: float, high: float, running: list[float], workers: int, resolutio
     return max(cuts, key=lambda cut: min(abs(math.log(cut / lr)) for lr in [low, high, *inside]))
 
 
-def plan(cfg: SearchRunConfig, trials: list, running: list[tuple[float, str]] = (), workers: int = 1) -> tuple[str | None, float | None]:
+def plan(cfg: SearchRunConfig, trials: list, running: list[tuple[float, str]] = (),
+         workers: int = 1) -> tuple[str | None, float | None]:
     """(phase, lr) of the next trial to start: ('grid' | 'bisect', lr), ('refine', None) for TPE, or
     (None, None): nothing to start now (done, when nothing is running). `running`: (lr, phase) of the
     trials being trained now, whose rates are never proposed again; `workers`: how many share the study."""

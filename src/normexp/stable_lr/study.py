@@ -29,7 +29,8 @@ def group(cfg: TrainConfig) -> str:
 
 def study_name(cfg: SearchRunConfig) -> str:
     """e.g. stable-lr/digits/mlp/bn/adam-bs64."""
-    return cfg.search.study_name or (f"stable-lr/{cfg.dataset.name}/{cfg.model.name}/{variant_name(cfg.norm.kind, cfg.norm.placement)}/"
+    variant = variant_name(cfg.norm.kind, cfg.norm.placement)
+    return cfg.search.study_name or (f"stable-lr/{cfg.dataset.name}/{cfg.model.name}/{variant}/"
                                      f"{cfg.optim.name}-bs{cfg.dataset.batch_size}")
 
 
@@ -40,8 +41,8 @@ def storage_url(cfg: SearchRunConfig) -> str:
 def definition(cfg: SearchRunConfig) -> str:
     seeds = f"{cfg.search.seeds} seed(s) {cfg.seed}..{cfg.seed + cfg.search.seeds - 1}"
     return (f"stable: training {cfg.search.epochs} epoch(s) does not diverge (loss finite, and not above "
-            f"{cfg.divergence.factor:g} x first-step loss for {cfg.divergence.patience} steps in a row) and reaches val accuracy {cfg.dataset.converge_acc:g} "
-            f"on {cfg.dataset.name}, for each of {seeds}")
+            f"{cfg.divergence.factor:g} x first-step loss for {cfg.divergence.patience} steps in a row) and reaches "
+            f"val accuracy {cfg.dataset.converge_acc:g} on {cfg.dataset.name}, for each of {seeds}")
 
 
 def fingerprint(cfg: SearchRunConfig) -> dict[str, str]:
@@ -87,7 +88,8 @@ def summarize(study: optuna.Study, cfg: TrainConfig) -> dict:
              "trials": len(trials), "epochs_spent": sum(t.user_attrs["epochs"] for t in trials)}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
-    return attrs | {"study": study.study_name, "group": group(cfg), "variant": variant_name(cfg.norm.kind, cfg.norm.placement),
+    return attrs | {"study": study.study_name, "group": group(cfg),
+                    "variant": variant_name(cfg.norm.kind, cfg.norm.placement),
                     "definition": definition(cfg), "storage": storage_url(cfg)}
 
 

@@ -137,7 +137,8 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON user attrs: NaN would break the dashboard
 
 
-def run_trial(cfg: SearchRunConfig, study: optuna.Study, trial: optuna.Trial, client, parent_id: str, label: str = "") -> None:
+def run_trial(cfg: SearchRunConfig, study: optuna.Study, trial: optuna.Trial, client, parent_id: str,
+              label: str = "") -> None:
     """Train the trial's rate on each seed until one fails (one MLflow child run per seed), then tell."""
     lr, epochs = trial.params["lr"], cfg.search.epochs
     runs = []  # (Outcome, seed verdict)

@@ -17,7 +17,8 @@ class MetricsLogger(MLFlowLogger):
     at the end of `fit` and again of `test`, before the run's outcome is written."""
 
     def __init__(self, tracking_cfg: TrackingConfig, run_id: str):
-        super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=stores.tracking_uri(tracking_cfg), run_id=run_id)
+        super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=stores.tracking_uri(tracking_cfg),
+                         run_id=run_id)
         self._mlflow_client = stores.Client(stores.tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:

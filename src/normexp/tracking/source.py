@@ -33,7 +33,8 @@ def tags() -> dict[str, str]:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=stores.PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=stores.PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10)
     except OSError:
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -153,8 +153,8 @@ class SweepParentRun(Callback):
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         # Under joblib or SLURM this runs in the job's process, on a copy of this callback: the parent run's
-        # id is read from the sweep folder, as the jobs read it. The parent names its failed jobs; it ends FAILED when the sweep does
-        # (commands.entry_point: Hydra raises the first failure after the last job).
+        # id is read from the sweep folder, as the jobs read it. The parent names its failed jobs; it ends
+        # FAILED when the sweep does (commands.entry_point: Hydra raises the first failure after the last job).
         if HydraConfig.get().mode.name != "MULTIRUN":
             return
         sweep_dir, failed = Path(config.hydra.sweep.dir), job_return.status.name == "FAILED"
