@@ -65,6 +65,30 @@ def test_init_scale_holds_when_only_the_norms_converge_at_every_scale_and_a_spli
     assert verdicts.init_scale(runs).words == "does not hold on this setup"
 
 
+def test_depth_is_judged_where_bn_trains_deepest_not_at_a_depth_no_variant_trains():
+    # Every seed trains to depth 2 without a norm, 8 with LN, 16 with BN; at 32 none of them does (few epochs).
+    trains_to = {"none": 2, "ln": 8, "bn": 16}
+    runs = [run(s, k, None, 0.9, **{"model.depth": str(d)}) for s in range(2) for k in trains_to for d in (2, 8, 16, 32)]
+    for r in runs:
+        depth, kind = int(r.params["model.depth"]), r.params["norm.kind"]
+        r.converged = depth <= trains_to[kind]
+        # The first hidden layer's gradient against the last one's: it vanishes towards the input without a norm.
+        r.metrics |= {"grad/hidden1/norm": 1e-9 if kind == "none" else 0.5, f"grad/hidden{depth}/norm": 1.0}
+    verdict = verdicts.depth(runs)
+    assert verdict.words == "holds"
+    assert verdict.evidence.startswith("Every seed trains up to depth: none 2, bn 16, ln 8. Converged seeds per depth: "
+                                       "none 2 2/2, 8 0/2, 16 0/2, 32 0/2; bn 2 2/2, 8 2/2, 16 2/2, 32 0/2;")
+    assert verdict.evidence.endswith("At depth 16, the deepest where bn trains every seed, the gradient norm of the first "
+                                     "hidden layer / the last one: none 1e-09, bn 0.5, ln 0.5")
+    # No norm trains that deep too: BN keeps nothing trainable that was not.
+    for r in runs:
+        r.converged = int(r.params["model.depth"]) <= (16 if r.params["norm.kind"] != "ln" else 8)
+    assert verdicts.depth(runs).words == "does not hold on this setup"
+    # One seed of no norm trains there: undecided.
+    next(r for r in runs if r.params["norm.kind"] == "none" and r.params["model.depth"] == "16").converged = False
+    assert verdicts.depth(runs).words.startswith("inconclusive at 2 seeds (seeds split at none 16;")
+
+
 def test_lr_tolerance_brackets_the_ratio_of_the_largest_converging_rates_on_the_grid():
     rates = ("0.01", "0.1", "1", "3")
     runs = [run(s, k, None, 0.9, **{"optim.lr": lr}) for s in range(2) for k in ("none", "bn") for lr in rates]

@@ -239,25 +239,37 @@ def init_scale(runs: list[RunData]) -> Verdict:
 
 
 def depth(runs: list[RunData]) -> Verdict:
-    """BN trains the deepest MLP, where no norm fails, and the gradient shrinks towards the input without a norm."""
+    """Judged at the deepest depth where BN trains every seed: there no norm trains none of them (BN keeps
+    it trainable), and the gradient shrinks towards the input more without a norm than with BN. Deeper
+    than that BN fails too (with these few epochs), which says how deep it goes, not that the claim fails."""
     cells = {k: _cells(runs, k, "model.depth") for k in ("none", "bn", "ln")}
-    deepest = max(cells["bn"])
     n = min(t for c in cells.values() for _, t in c.values())
 
-    def first_to_last(kind: str) -> float:
-        """Mean over seeds of the last epoch's gradient norm of the first hidden layer / of the last one,
-        at the largest depth: below 1, the gradient shrinks towards the input."""
-        deep = _runs(runs, {"norm.kind": kind, "model.depth": int(deepest)})
-        return interval([r.metric("grad/hidden1/norm") / r.metric(f"grad/hidden{int(deepest)}/norm") for r in deep])[0]
+    def deepest_trained(kind: str) -> float | None:
+        return max((v for v, (done, total) in cells[kind].items() if done == total), default=None)
 
-    bn_ok, none_fails = cells["bn"][deepest], cells["none"][deepest]
-    vanishes = first_to_last("none") < first_to_last("bn")
-    trainable = bn_ok[0] == bn_ok[1] and none_fails[0] == 0
-    split = [f"{k} {deepest:g}" for k, (d, t) in (("bn", bn_ok), ("none", none_fails)) if 0 < d < t]
-    evidence = ("Converged seeds per depth: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items())
-                + f". At depth {deepest:g}, the gradient norm of the first hidden layer / the last one: "
-                + ", ".join(f"{k} {first_to_last(k):.3g}" for k in cells))
-    return _grid_verdict(HOLDS if trainable and vanishes else DOES_NOT_HOLD, [] if trainable else split, evidence, n)
+    def first_to_last(kind: str, at: float) -> float:
+        """Mean over seeds of the last epoch's gradient norm of the first hidden layer / of the last one,
+        at depth `at`: below 1, the gradient shrinks towards the input."""
+        deep = _runs(runs, {"norm.kind": kind, "model.depth": int(at)})
+        return interval([r.metric("grad/hidden1/norm") / r.metric(f"grad/hidden{int(at)}/norm") for r in deep])[0]
+
+    trained = {k: deepest_trained(k) for k in cells}
+    evidence = ("Every seed trains up to depth: " + ", ".join(f"{k} {'no depth' if d is None else f'{d:g}'}"
+                                                              for k, d in trained.items())
+                + ". Converged seeds per depth: " + "; ".join(f"{k} {_shown(c)}" for k, c in cells.items()))
+    at = trained["bn"]
+    if at is None:  # BN trains no depth on every seed: a split cell leaves it open, else it fails
+        split = [f"bn {v:g}" for v, (d, t) in cells["bn"].items() if 0 < d < t]
+        return _grid_verdict(DOES_NOT_HOLD, split, evidence, n)
+    evidence += (f". At depth {at:g}, the deepest where bn trains every seed, the gradient norm of the first "
+                 "hidden layer / the last one: " + ", ".join(f"{k} {first_to_last(k, at):.3g}" for k in cells))
+    none_done, none_total = cells["none"].get(at, (0, 0))
+    if 0 < none_done < none_total:
+        return _grid_verdict(DOES_NOT_HOLD, [f"none {at:g}"], evidence, n)
+    trainable = none_total > 0 and none_done == 0
+    vanishes = first_to_last("none", at) < first_to_last("bn", at)
+    return _grid_verdict(HOLDS if trainable and vanishes else DOES_NOT_HOLD, [], evidence, n)
 
 
 def stable_lr(summaries: list[dict], seeds: int) -> Verdict:
