@@ -28,7 +28,7 @@ MOST_SEEDS = 1000  # the seed estimate looks no further: beyond it, read "more s
 @dataclass(frozen=True)
 class Claim:
     effect: str                  # what the values are, e.g. "speedup (epochs to target, none / bn)"
-    word: str                    # the claimed direction in a word or two: "faster", "higher accuracy"
+    word: str                    # the claimed direction, read after "not" too: "faster", "worse at batch 2"
     margin: float                # no difference beyond ±margin (a ratio's: beyond margin x either way)
     ratio: bool = False          # the values are ratios, judged on their logs
     sign: int = 1                # +1: the claim is that the effect is above no effect; -1: below it

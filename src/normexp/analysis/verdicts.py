@@ -93,7 +93,7 @@ def norms(runs: list[RunData]) -> Verdict:
 
 
 def placement(runs: list[RunData]) -> Verdict:
-    claim = Claim("final val accuracy, before - after the ReLU", "before is better", margin(runs))
+    claim = Claim("final val accuracy, before - after the ReLU", "better before", margin(runs))
     before, after = _runs(runs, {"norm.placement": "pre"}), _runs(runs, {"norm.placement": "post"})
     return combine({"": judge(claim, _diffs(before, after, _final_acc))})
 
@@ -106,7 +106,7 @@ def norms_cnn(runs: list[RunData]) -> Verdict:
     others = [k for k in kinds if k != "bn"]
     if "bn" in kinds and others:
         best = max(others, key=lambda k: interval([r.outcome.final_val_acc for r in _runs(runs, {"norm.kind": k})])[0])
-        bn_most = Claim(f"final val accuracy, bn - {best}", "bn higher", claim.margin)
+        bn_most = Claim(f"final val accuracy, bn - {best}", "higher for bn", claim.margin)
         parts[f"bn most (against {best})"] = judge(bn_most, _diffs(_runs(runs, {"norm.kind": "bn"}),
                                                                    _runs(runs, {"norm.kind": best}), _final_acc))
     return combine(parts)
@@ -135,7 +135,7 @@ def batch_size(runs: list[RunData]) -> Verdict:
     """Per model and norm: the change of final val error from batch 128 down to the smallest batch. The claim
     is that bn's error rises there (holds) and ln's and gn's do not (no difference beyond ±M)."""
     small = min(int(r.params["dataset.batch_size"]) for r in runs)
-    claim = Claim(f"final val error at batch {small} - at batch 128", "degrades", margin(runs))
+    claim = Claim(f"final val error at batch {small} - at batch 128", f"worse at batch {small}", margin(runs))
     parts = {}
     for model in sorted({r.params["model.name"] for r in runs}):
         for kind in ("bn", "ln", "gn"):
@@ -169,7 +169,7 @@ def sequence(runs: list[RunData]) -> Verdict:
         return _runs(runs, {"norm.kind": kind, "dataset.variable_length": str(variable)})
 
     m = margin(runs)
-    loses = Claim("final val accuracy, variable - fixed length", "loses", m, sign=-1)
+    loses = Claim("final val accuracy, variable - fixed length", "lower at variable length", m, sign=-1)
     behind = Claim("final val accuracy at variable length, bn - ln", "behind", m, sign=-1)
     return combine({
         "ln loses accuracy at variable length": judge(loses, _diffs(by("ln", True), by("ln", False), _final_acc)),
