@@ -5,8 +5,9 @@
 Runs `python -m pytest -n <workers> --dist worksteal` (make test) with a `sitecustomize.py` on PYTHONPATH,
 which every Python process the tests start inherits: at its exit each writes its own CPU time (user +
 system) and command line to a log. The figures group them by command. A process that is killed (SIGKILL,
-or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium), writes
-nothing: that share is the suite's whole CPU (getrusage of its waited-for descendants) less the logged sum.
+or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium, git),
+writes nothing, nor is a process's shutdown after its log line counted: that share is the suite's whole CPU
+(getrusage of its waited-for descendants) less the logged sum.
 """
 
 import argparse
@@ -77,8 +78,9 @@ def main() -> None:
     by_group, count = defaultdict(float), defaultdict(int)
     for line in lines:
         seconds, command = line.split("\t", 1)
-        by_group[group_of(command)] += float(seconds)
-        count[group_of(command)] += 1
+        group = group_of(command)
+        by_group[group] += float(seconds)
+        count[group] += 1
     logged_s = sum(by_group.values())
     print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "(pytest printed nothing)")
     print(f"\n{args.workers} workers, {os.cpu_count()} CPUs: {wall_s:.0f} s wall, {total_s:.0f} s CPU "

@@ -239,9 +239,10 @@ def init_scale(runs: list[RunData]) -> Verdict:
 
 
 def depth(runs: list[RunData]) -> Verdict:
-    """Judged at the deepest depth where BN trains every seed: there no norm trains none of them (BN keeps
-    it trainable), and the gradient shrinks towards the input more without a norm than with BN. Deeper
-    than that BN fails too (with these few epochs), which says how deep it goes, not that the claim fails."""
+    """Judged at the deepest depth where BN trains every seed: there, without a norm, no seed trains (BN
+    keeps it trainable), and the gradient shrinks towards the input more without a norm than with BN.
+    Deeper than that BN fails too (with these few epochs), which says how deep it goes, not that the claim
+    fails."""
     cells = {k: _cells(runs, k, "model.depth") for k in ("none", "bn", "ln")}
     n = min(t for c in cells.values() for _, t in c.values())
 
