@@ -80,7 +80,7 @@ def test_depth_is_judged_where_bn_trains_deepest_not_at_a_depth_no_variant_train
                                        "none 2 2/2, 8 0/2, 16 0/2, 32 0/2; bn 2 2/2, 8 2/2, 16 2/2, 32 0/2;")
     assert verdict.evidence.endswith("At depth 16, the deepest where bn trains every seed, the gradient norm of the first "
                                      "hidden layer / the last one: none 1e-09, bn 0.5, ln 0.5")
-    # No norm trains that deep too: BN keeps nothing trainable that was not.
+    # Without a norm every seed trains that deep too: BN keeps nothing trainable that was not.
     for r in runs:
         r.converged = int(r.params["model.depth"]) <= (16 if r.params["norm.kind"] != "ln" else 8)
     assert verdicts.depth(runs).words == "does not hold on this setup"

@@ -263,13 +263,14 @@ def depth(runs: list[RunData]) -> Verdict:
     if at is None:  # BN trains no depth on every seed: a split cell leaves it open, else it fails
         split = [f"bn {v:g}" for v, (d, t) in cells["bn"].items() if 0 < d < t]
         return _grid_verdict(DOES_NOT_HOLD, split, evidence, n)
+    ratios = {k: first_to_last(k, at) for k in cells}
     evidence += (f". At depth {at:g}, the deepest where bn trains every seed, the gradient norm of the first "
-                 "hidden layer / the last one: " + ", ".join(f"{k} {first_to_last(k, at):.3g}" for k in cells))
+                 "hidden layer / the last one: " + ", ".join(f"{k} {r:.3g}" for k, r in ratios.items()))
     none_done, none_total = cells["none"].get(at, (0, 0))
     if 0 < none_done < none_total:
         return _grid_verdict(DOES_NOT_HOLD, [f"none {at:g}"], evidence, n)
     trainable = none_total > 0 and none_done == 0
-    vanishes = first_to_last("none", at) < first_to_last("bn", at)
+    vanishes = ratios["none"] < ratios["bn"]
     return _grid_verdict(HOLDS if trainable and vanishes else DOES_NOT_HOLD, [], evidence, n)
 
 
