@@ -82,7 +82,9 @@ def main() -> None:
         by_group[group] += float(seconds)
         count[group] += 1
     logged_s = sum(by_group.values())
-    print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "(pytest printed nothing)")
+    # pytest's --durations table (make test asks for the 15 slowest) and its summary line.
+    output = done.stdout.strip()
+    print(output[output.find("slowest"):] if "slowest" in output else output or "(pytest printed nothing)")
     print(f"\n{args.workers} workers, {os.cpu_count()} CPUs: {wall_s:.0f} s wall, {total_s:.0f} s CPU "
           f"({100 * total_s / wall_s:.0f}% of one core)\n")
     print(f"{'CPU s':>7} {'share':>6} {'procs':>6} {'s each':>7}  processes")

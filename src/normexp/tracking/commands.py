@@ -69,7 +69,12 @@ def signals_raise(forward_to_workers: bool):
     """While inside: the first SIGINT raises KeyboardInterrupt, the first SIGTERM SystemExit(143); later ones
     are ignored for the rest of the process, so that the runs' ending is not cut short (SIGKILL still
     stops it; the lease then tells). `forward_to_workers`: first pass the signal on to the child processes
-    (joblib's workers) and wait for the runs under the runs this process holds to end."""
+    (joblib's workers) and wait for the runs under the runs this process holds to end.
+
+    In a worker process (joblib's, the search's), the signals are ignored on leaving, until its next job:
+    the launching process passes them on to every worker, and a worker that died of one between jobs
+    made joblib see a broken pool and SIGKILL the others in the middle of ending their runs (which then
+    waited WORKERS_GRACE_S, and the lease, to be ended KILLED)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
         yield
         return
@@ -89,11 +94,12 @@ def signals_raise(forward_to_workers: bool):
         raise KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    in_worker = not forward_to_workers and multiprocessing.parent_process() is not None
     try:
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if in_worker else h)
 
 
 def is_bad_input(error: BaseException) -> bool:
