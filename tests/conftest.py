@@ -12,6 +12,7 @@ from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import normexp.config.schema  # registers the config schemas that conf/*.yaml extend
+from normexp.tracking import commands
 from tests import servers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -147,3 +148,9 @@ def pytest_collection_modifyitems(items):
         return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
 
     items.sort(key=cost_rank)  # stable: each module keeps its own order
+
+
+def pytest_collection_finish(session):
+    # What a command does first (commands.freeze_imports), after the test modules' imports: the garbage
+    # collections of the runs the tests train in-process skip the modules.
+    commands.freeze_imports()

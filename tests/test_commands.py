@@ -2,6 +2,7 @@
 exit, nothing recorded; Hydra's own refusals included. The commands run in this process (Hydra's real
 command line, from sys.argv) unless the test is about the process's real stderr."""
 
+import gc
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from normexp import search, train
+from normexp.tracking import commands
 from tests.conftest import CONF_DIR
 
 
@@ -104,3 +106,13 @@ def test_the_real_stderr_is_the_one_line_and_no_traceback(tmp_path):
         "error: unknown experiment 'convergance'; expected one of " + ", ".join(
             sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_imports_are_frozen_once_so_that_a_finished_runs_cycles_stay_collectable():
+    commands.freeze_imports()  # the first call in this process was conftest's, after the test modules' imports
+    frozen = gc.get_freeze_count()
+    assert frozen > 100_000  # torch's, Lightning's, MLflow's and Hydra's objects
+    cycle = {}
+    cycle["self"] = cycle  # garbage only the collector frees, as a finished Trainer's
+    commands.freeze_imports()
+    assert gc.get_freeze_count() == frozen

@@ -206,6 +206,7 @@ def next_step(study: optuna.Study, cfg: SearchRunConfig) -> tuple[str | None, fl
 
 
 def _worker_process(cfg: SearchRunConfig, parent_id: str, index: int, jobs_at_once: int) -> None:
+    commands.freeze_imports()
     threads.use(jobs_at_once)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not once per worker: "Using an existing study"
     try:

@@ -50,10 +50,11 @@ def swept_keys() -> list[str]:
 def hydra_job(tracking_cfg: TrackingConfig):
     """Around the work of a Hydra job (train or search), in the process that runs it (the launching
     process, or a joblib worker); yields the sweep's parent run id (None outside a multirun). SIGINT and
-    SIGTERM raise (cli.signals_raise): the job's runs end KILLED, and so does the sweep's parent run,
+    SIGTERM raise (commands.signals_raise): the job's runs end KILLED, and so does the sweep's parent run,
     whose end-of-sweep callback Hydra never runs then. Bad input and faults are raised: a single run
-    prints their one line (cli.entry_point); a multirun records the failed job, runs the others, then
+    prints their one line (commands.entry_point); a multirun records the failed job, runs the others, then
     raises it."""
+    commands.freeze_imports()  # a joblib or SLURM worker, at its first job (a command froze at its start)
     parent = parent_run_id()
     threads.use(threads.sweep_jobs_at_once())  # a parallel sweep's jobs share the CPUs
     with commands.signals_raise(forward_to_workers=False):
@@ -80,9 +81,9 @@ def job_label() -> str:
 
 
 def reports_failed_sweeps(hydra_main):
-    """Wraps a @hydra.main function (inside cli.entry_point). After the last job, Hydra raises the first
+    """Wraps a @hydra.main function (inside commands.entry_point). After the last job, Hydra raises the first
     failed job's error and skips on_multirun_end: the report of the jobs that did finish is made here,
-    then the error goes on (cli.entry_point ends the parent run FAILED, recording it)."""
+    then the error goes on (commands.entry_point ends the parent run FAILED, recording it)."""
 
     @functools.wraps(hydra_main)
     def main():
