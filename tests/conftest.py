@@ -16,6 +16,10 @@ from normexp.tracking import commands
 from tests import servers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The commands of the tests that look at no logged model leave it out: a process's first one costs ~0.9 s of
+# CPU (MLflow's scan of the installed packages, to check its requirements), each ~0.15 s. test_tracking_native.py
+# checks the models; test_train.py logs one of every model and norm.
+NO_MODEL = "tracking.log_model=false"
 
 # The test models are tiny: a second thread only adds contention (5x slower on a busy 2-core
 # machine). The variable reaches the subprocesses that tests start.

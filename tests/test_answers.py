@@ -8,12 +8,13 @@ import pytest
 
 from normexp.answers import page as answers_page, questions, run
 from normexp.tracking import stores
+from tests.conftest import NO_MODEL
 
 
 def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"# before\n{answers_page.START}\nold table\n{answers_page.END}\n# after\n")
-    run.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits",
+    run.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits", "--set", NO_MODEL,
                   "--set", "trainer.max_epochs=2", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
     assert page.startswith("# Answers\n") and "Written by `make answers`: " in page and "(budget: 120 min on 2 cores)" in page
@@ -23,7 +24,7 @@ def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, t
     assert "**Claim:** BN trains 2-10x faster. **Verdict:** mlp: " in page
     assert "| bn |" in page and "(paired by seed)" in page
     assert "`python -m normexp.train -m experiment=convergence seed=0,1 trainer.max_epochs=15 dataset=digits " \
-           "trainer.max_epochs=2` (" in page  # the command as typed, from the sweep's record
+           f"{NO_MODEL} trainer.max_epochs=2` (" in page  # the command as typed, from the sweep's record
     assert "; 2 seeds; margin 1.1)" in page
     assert "![convergence](answers/convergence.png)" in page and (docs / "answers" / "convergence.png").stat().st_size > 0
     assert page.rstrip().endswith("(`outcome/*` metrics).")  # the verdict of every run, last
@@ -54,7 +55,7 @@ def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_ju
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
     # The small CNN on 126 digits, one epoch: 2 seeds leave bn - none undecided, and their spread says 8 would do.
-    run.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits",
+    run.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits", "--set", NO_MODEL,
                   "--set", "trainer.max_epochs=1", "--set", "probes.enabled=false", "--tracking-uri", tracking_uri,
                   "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
@@ -79,7 +80,7 @@ def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_ju
 def test_the_stable_lr_search_answers_with_each_norms_bracket_and_ratio_to_none(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
-    run.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", "search.seeds=1",
+    run.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", NO_MODEL, "--set", "search.seeds=1",
                   "--set", "search.epochs=1", "--set", "search.lr_min=0.01", "--set", "search.lr_max=1", "--set", "search.resolution=10",
                   "--tracking-uri", tracking_uri, "--optuna-storage", f"sqlite:///{tmp_path}/optuna.db",
                   "--readme", str(readme), "--docs", str(docs)])

@@ -17,7 +17,7 @@ from normexp.models import networks
 from normexp.tracking import sweep
 from normexp.tracking.stores import PROJECT_ROOT
 
-from .conftest import CONF_DIR
+from .conftest import CONF_DIR, NO_MODEL
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # (C, H, W) of each data set, to build every job's model without the (possibly offline) data.
@@ -70,7 +70,7 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
     # No -m: the preset itself makes it a multirun.
     done = subprocess.run(
         [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
-         "probes.enabled=false", "trainer.progress_bar=false", f"tracking.uri={tracking_uri}",
+         "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={tracking_uri}",
          f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,7 +17,7 @@ from normexp.report import command as report_command
 from normexp.sweep_report import SweepReport
 from normexp.tracking.sweep import PARENT_RUN_FILE
 
-from .conftest import CONF_DIR
+from .conftest import CONF_DIR, NO_MODEL
 
 # Adam at lr 1.0 makes the plain MLP diverge on digits within a few steps (every seed tried); BN survives it.
 LRS = ("0.01", "1.0")
@@ -33,7 +33,7 @@ def sweep(tracking_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report_sweep")
     done = subprocess.run(
         [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
-         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", f"tracking.uri={uri}", "tracking.experiment=report_sweep",
+         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={uri}", "tracking.experiment=report_sweep",
          f"hydra.sweep.dir={folder}/sweep"],
         cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

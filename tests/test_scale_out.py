@@ -15,11 +15,12 @@ from mlflow.tracking import MlflowClient
 
 from normexp.stable_lr import study as studies
 from tests import servers
+from tests.conftest import NO_MODEL
 
-TINY_SWEEP = ["trainer.max_epochs=1", "probes.enabled=false", "trainer.progress_bar=false"]
+TINY_SWEEP = ["trainer.max_epochs=1", "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL]
 # Grid 0.1 and 0.01, one rate per worker: bracketed to a factor 10 by two 1-epoch trials.
 TINY_SEARCH = ["search.workers=2", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01", "search.lr_max=0.1",
-               "search.resolution=10", "trainer.progress_bar=false"]
+               "search.resolution=10", "trainer.progress_bar=false", NO_MODEL]
 RUN_NAMES = {"bn": "bn-adam-lr0.001-bs64-s0", "none": "none-adam-lr0.001-bs64-s0"}
 
 

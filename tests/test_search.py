@@ -21,11 +21,11 @@ from optuna.trial import TrialState
 from normexp import search
 from normexp.errors import ConfigError
 from normexp.stable_lr import bracket, study as studies
-from tests.conftest import compose_search
+from tests.conftest import NO_MODEL, compose_search
 
 VENV_BIN = Path(sys.executable).parent
 # One epoch per run, one seed, a factor-2 bracket: a handful of short trials.
-TINY = ["search.epochs=1", "search.seeds=1", "search.resolution=2", "trainer.progress_bar=false"]
+TINY = ["search.epochs=1", "search.seeds=1", "search.resolution=2", "trainer.progress_bar=false", NO_MODEL]
 
 
 def overrides(tracking_uri: str, experiment: str, storage: str, *extra: str) -> list[str]:

@@ -13,6 +13,7 @@ import pytest
 
 from normexp.stable_lr import workers
 from normexp.tracking import commands, sweep
+from tests.conftest import NO_MODEL
 
 
 def run_cli(*args, cwd):
@@ -22,7 +23,7 @@ def run_cli(*args, cwd):
 
 def test_design_card_multirun_makes_one_parent_and_six_children(tmp_path, tracking_uri, mlflow_client, experiment_runs,
                                                                  experiment_name):
-    done = run_cli("-m", "norm=bn,none", "optim.lr=0.001,0.01,0.1", "trainer.max_epochs=2",
+    done = run_cli("-m", "norm=bn,none", "optim.lr=0.001,0.01,0.1", "trainer.max_epochs=2", NO_MODEL,
                    f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
                    f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,7 +51,7 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
                                                                   experiment_name):
     # A job that fails when it meets its data (a value out of its config domain would stop the sweep
     # before any job, test_cli).
-    done = run_cli("-m", "dataset.train_size=256,100000", "trainer.max_epochs=1", f"tracking.uri={tracking_uri}",
+    done = run_cli("-m", "dataset.train_size=256,100000", "trainer.max_epochs=1", NO_MODEL, f"tracking.uri={tracking_uri}",
                    f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode != 0 and "dataset.train_size=100000 is out of range" in done.stderr
     statuses = {r.info.run_name: r.info.status for r in experiment_runs()}
