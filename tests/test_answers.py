@@ -14,8 +14,9 @@ from tests.conftest import NO_MODEL
 def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"# before\n{answers_page.START}\nold table\n{answers_page.END}\n# after\n")
-    run.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits", "--set", NO_MODEL,
-                  "--set", "trainer.max_epochs=2", "--tracking-uri", tracking_uri, "--readme", str(readme), "--docs", str(docs)])
+    run.main(["--only", "convergence", "--seeds", "2", "--max-seeds", "2", "--jobs", "1", "--set", "dataset=digits",
+                  "--set", NO_MODEL, "--set", "trainer.max_epochs=2", "--tracking-uri", tracking_uri,
+                  "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
     assert page.startswith("# Answers\n") and "Written by `make answers`: " in page and "(budget: 120 min on 2 cores)" in page
     assert "The intervals are not corrected for that one extra look" in page
@@ -55,8 +56,9 @@ def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_ju
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
     # The small CNN on 126 digits, one epoch: 2 seeds leave bn - none undecided, and their spread says 8 would do.
-    run.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits", "--set", NO_MODEL,
-                  "--set", "trainer.max_epochs=1", "--set", "probes.enabled=false", "--tracking-uri", tracking_uri,
+    run.main(["--only", "cnn", "--seeds", "2", "--max-seeds", "8", "--jobs", "1", "--set", "dataset=digits",
+                  "--set", NO_MODEL, "--set", "trainer.max_epochs=1", "--set", "probes.enabled=false",
+                  "--tracking-uri", tracking_uri,
                   "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()
     first, second = questions.latest_sweeps(mlflow_client, "cnn")
@@ -80,8 +82,9 @@ def test_an_inconclusive_claim_adds_the_seeds_its_spread_suggests_once_and_is_ju
 def test_the_stable_lr_search_answers_with_each_norms_bracket_and_ratio_to_none(tmp_path, tracking_uri):
     readme, docs = tmp_path / "README.md", tmp_path / "docs"
     readme.write_text(f"{answers_page.START}\n{answers_page.END}\n")
-    run.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", NO_MODEL, "--set", "search.seeds=1",
-                  "--set", "search.epochs=1", "--set", "search.lr_min=0.01", "--set", "search.lr_max=1", "--set", "search.resolution=10",
+    run.main(["--only", "stable_lr", "--jobs", "2", "--set", "dataset=digits", "--set", NO_MODEL,
+                  "--set", "search.seeds=1", "--set", "search.epochs=1", "--set", "search.lr_min=0.01",
+                  "--set", "search.lr_max=1", "--set", "search.resolution=10",
                   "--tracking-uri", tracking_uri, "--optuna-storage", f"sqlite:///{tmp_path}/optuna.db",
                   "--readme", str(readme), "--docs", str(docs)])
     page = (docs / "answers.md").read_text()

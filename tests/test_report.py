@@ -33,7 +33,8 @@ def sweep(tracking_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report_sweep")
     done = subprocess.run(
         [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
-         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={uri}", "tracking.experiment=report_sweep",
+         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
+         f"tracking.uri={uri}", "tracking.experiment=report_sweep",
          f"hydra.sweep.dir={folder}/sweep"],
         cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -51,7 +51,8 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
                                                                   experiment_name):
     # A job that fails when it meets its data (a value out of its config domain would stop the sweep
     # before any job, test_cli).
-    done = run_cli("-m", "dataset.train_size=256,100000", "trainer.max_epochs=1", NO_MODEL, f"tracking.uri={tracking_uri}",
+    done = run_cli("-m", "dataset.train_size=256,100000", "trainer.max_epochs=1", NO_MODEL,
+                   f"tracking.uri={tracking_uri}",
                    f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode != 0 and "dataset.train_size=100000 is out of range" in done.stderr
     statuses = {r.info.run_name: r.info.status for r in experiment_runs()}

@@ -50,7 +50,8 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(tmp_path, tracking_uri, 
     # Grid 0.1 (unstable in one epoch) and 0.01 (stable), one per worker: bracketed to the factor 10.
     args = ["norm=bn", "search.workers=2", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
             "search.lr_max=0.1", "search.resolution=10", f"search.storage={storage}", f"tracking.uri={tracking_uri}",
-            f"tracking.experiment={experiment_name}", "trainer.progress_bar=false", NO_MODEL, f"hydra.run.dir={tmp_path}/out"]
+            f"tracking.experiment={experiment_name}", "trainer.progress_bar=false", NO_MODEL,
+            f"hydra.run.dir={tmp_path}/out"]
     name = studies.study_name(compose_search(*args))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the workers' own thread policy
     search = subprocess.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, text=True, env=env,
