@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,23 @@ def compose(config_name: str, *overrides: str):
 
 def compose_search(*overrides: str):
     return compose("search", *overrides)
+
+
+def refusal(entry_point, monkeypatch, tmp_path, *overrides: str, flags: tuple[str, ...] = ()) -> str:
+    """The message `entry_point` (normexp.train.main or normexp.search.main) exits with for these overrides,
+    against stores in tmp_path: Hydra's real command line from sys.argv, run in this process. The real
+    process's stderr, the same message alone, is test_commands' and test_domains' concern."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if entry_point.__module__ == "normexp.search" else "seed=0"
+    monkeypatch.setattr(sys, "argv", ["normexp", f"--config-path={CONF_DIR}", *flags, storage,
+                                      f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out",
+                                      f"hydra.sweep.dir={tmp_path}/sweep", *overrides])
+    with pytest.raises(SystemExit) as refused:
+        entry_point()
+    message = str(refused.value.code)
+    assert message.startswith("error: ") and "\n" not in message  # SystemExit(str): exit status 1
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()  # nothing recorded
+    return message
 
 
 @pytest.fixture(scope="session")

@@ -12,28 +12,13 @@ import pytest
 
 from normexp import search, train
 from normexp.tracking import commands
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, refusal
 
 
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def refusal(entry_point, monkeypatch, tmp_path, *overrides: str, flags: tuple[str, ...] = ()) -> str:
-    """The message `entry_point` exits with for these overrides, against a store in tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if entry_point is search.main else "seed=0"
-    monkeypatch.setattr(sys, "argv", ["normexp", f"--config-path={CONF_DIR}", *flags, storage,
-                                      f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out",
-                                      f"hydra.sweep.dir={tmp_path}/sweep", *overrides])
-    with pytest.raises(SystemExit) as refused:
-        entry_point()
-    message = str(refused.value.code)
-    assert message.startswith("error: ") and "\n" not in message  # SystemExit(str): exit status 1
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()  # nothing recorded
-    return message
 
 
 @pytest.mark.parametrize("overrides, expected", [

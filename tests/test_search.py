@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from normexp import search
 from normexp.errors import ConfigError
 from normexp.stable_lr import bracket, study as studies
-from tests.conftest import NO_MODEL, compose_search
+from tests.conftest import NO_MODEL, compose_search, refusal
 
 VENV_BIN = Path(sys.executable).parent
 # One epoch per run, one seed, a factor-2 bracket: a handful of short trials.
@@ -218,13 +218,9 @@ def test_bad_input_is_refused_before_any_study_or_run(tracking_uri, experiment_n
     assert not (tmp_path / "optuna.db").exists()
 
 
-def test_bad_input_on_the_command_line_is_one_line_and_a_nonzero_exit(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "normexp.search", "search.lr_min=10", "search.lr_max=1",
-                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"search.storage=sqlite:///{tmp_path}/optuna.db"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines() == [
-        "error: search.lr_min=10, search.lr_max=1: need 0 < lr_min < lr_max; e.g. search.lr_min=1e-4 search.lr_max=10"]
+def test_bad_input_on_the_command_line_is_one_line_and_a_nonzero_exit(monkeypatch, tmp_path):
+    assert refusal(search.main, monkeypatch, tmp_path, "search.lr_min=10", "search.lr_max=1") == (
+        "error: search.lr_min=10, search.lr_max=1: need 0 < lr_min < lr_max; e.g. search.lr_min=1e-4 search.lr_max=10")
 
 
 def test_multirun_logs_the_cross_variant_table_to_the_sweep_parent(tracking_uri, experiment_name, mlflow_client,

@@ -232,9 +232,14 @@ def run(cfg: SearchRunConfig, parent_id: str) -> None:
 
 def _run_processes(cfg: SearchRunConfig, parent_id: str) -> None:
     jobs_at_once = threads.sweep_jobs_at_once() * cfg.search.workers  # a joblib sweep of searches: theirs too
-    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no copied threads, locks or connections
-    processes = [spawn.Process(target=_worker_process, args=(cfg, parent_id, index, jobs_at_once),
-                               name=f"search worker {index}") for index in range(cfg.search.workers)]
+    # Each worker is forked from a server process that imported the training stack once, before any
+    # thread, lock or connection existed (a fork of this process would copy the store's connections and
+    # threads): the workers start in a fraction of a second, where a spawned interpreter each imported
+    # torch, Lightning and MLflow again (~6 s of CPU a worker, docs/performance.md).
+    forkserver = multiprocessing.get_context("forkserver")
+    forkserver.set_forkserver_preload([__name__])
+    processes = [forkserver.Process(target=_worker_process, args=(cfg, parent_id, index, jobs_at_once),
+                                    name=f"search worker {index}") for index in range(cfg.search.workers)]
     for process in processes:
         process.start()
     try:
