@@ -43,7 +43,8 @@ def refusal(entry_point, monkeypatch, tmp_path, *overrides: str, flags: tuple[st
     against stores in tmp_path: Hydra's real command line from sys.argv, run in this process. The real
     process's stderr, the same message alone, is test_commands' and test_domains' concern."""
     monkeypatch.chdir(tmp_path)
-    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if entry_point.__module__ == "normexp.search" else "seed=0"
+    is_search = entry_point.__module__ == "normexp.search"
+    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if is_search else "seed=0"
     monkeypatch.setattr(sys, "argv", ["normexp", f"--config-path={CONF_DIR}", *flags, storage,
                                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out",
                                       f"hydra.sweep.dir={tmp_path}/sweep", *overrides])

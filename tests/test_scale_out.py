@@ -7,15 +7,21 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import uuid
+from contextlib import closing
 from pathlib import Path
 
 import optuna
+import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
+from normexp import data
 from normexp.stable_lr import study as studies
+from normexp.tracking import inputs, stores
 from tests import servers
-from tests.conftest import NO_MODEL
+from tests.conftest import NO_MODEL, compose
 
 TINY_SWEEP = ["trainer.max_epochs=1", "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL]
 # Grid 0.1 and 0.01, one rate per worker: bracketed to a factor 10 by two 1-epoch trials.
@@ -120,6 +126,26 @@ def test_parallel_sweep_and_search_workers_on_postgresql(postgres, tmp_path):
     client = MlflowClient(mlflow_db)
     check_sweep(client, "direct-sweep", sweep_out)
     check_search(client, "direct-search", optuna_db, search_out)
+
+
+def test_a_dataset_another_process_inserts_first_is_linked_to_the_run(postgres, tmp_path):
+    """Two search workers log the same split at once: each looks for it, finds none, inserts it. Here the other
+    process's insert is in the database, uncommitted, when this one looks: its insert waits on the key, then
+    fails when the other commits; tried again, it finds the split."""
+    client = stores.Client(postgres[0])
+    run_id = client.create_run(client.create_experiment("insert-race", artifact_location=tmp_path.as_uri())).info.run_id
+    logged = inputs.datasets(data.load(compose("train").dataset, seed=0), "digits")
+    first = logged[0].dataset
+    with closing(psycopg2.connect(postgres[0].replace("postgresql+psycopg2", "postgresql"))) as other:
+        other.cursor().execute(
+            "INSERT INTO datasets (dataset_uuid, experiment_id, name, digest, dataset_source_type, dataset_source, "
+            "dataset_schema, dataset_profile) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (uuid.uuid4().hex, client.get_run(run_id).info.experiment_id, first.name, first.digest, first.source_type,
+             first.source, first.schema, first.profile))
+        threading.Timer(1.0, other.commit).start()  # while log_inputs waits on the key
+        client.log_inputs(run_id, datasets=logged)
+    assert sorted(d.dataset.digest for d in client.get_run(run_id).inputs.dataset_inputs) == sorted(
+        d.dataset.digest for d in logged)
 
 
 def test_parallel_sweep_and_search_workers_through_mlflow_server_on_postgresql(postgres, tmp_path):

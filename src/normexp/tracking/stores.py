@@ -196,6 +196,12 @@ def is_locked(error: BaseException) -> bool:
     return isinstance(error, MlflowException) and "database is locked" in str(error)
 
 
+def lost_insert_race(error: BaseException) -> bool:
+    """A row this write inserted had been inserted, and committed, by another process after this write
+    looked for it: the database's unique key refused the second insert (PostgreSQL, through a server or not)."""
+    return isinstance(error, MlflowException) and "duplicate key value violates unique constraint" in str(error)
+
+
 @contextmanager
 def signals_held():
     """While inside, a SIGINT or SIGTERM is only noted; on leaving, it is sent again, to the handlers it
@@ -218,9 +224,11 @@ def signals_held():
             signal.raise_signal(signum)
 
 
-def retrying(write):
+def retrying(write, after_lost_insert_race: bool = False):
     """`write` (an MlflowClient method), whole or not at all (`signals_held`), tried again while the
-    SQLite store is locked. Safe to repeat: a locked write was rolled back."""
+    SQLite store is locked, and with `after_lost_insert_race` when another process inserted one of its
+    rows first (a write that finds its rows before inserting them then finds them). Safe to repeat: the
+    failed write was rolled back."""
 
     @functools.wraps(write)
     def call(*args, **kwargs):
@@ -229,10 +237,12 @@ def retrying(write):
                 with signals_held():  # not the wait between attempts: Ctrl-C still ends that
                     return write(*args, **kwargs)
             except MlflowException as error:
-                if not is_locked(error) or attempt == LOCKED_RETRIES:
+                lost_race = after_lost_insert_race and lost_insert_race(error)
+                if not (is_locked(error) or lost_race) or attempt == LOCKED_RETRIES:
                     raise
                 wait_s = LOCKED_BACKOFF_S * 2**attempt
-                log.warning("MLflow store locked during %s; trying again in %g s", write.__name__, wait_s)
+                log.log(logging.INFO if lost_race else logging.WARNING, "MLflow store %s during %s; trying again "
+                        "in %g s", "lost an insert race" if lost_race else "locked", write.__name__, wait_s)
                 time.sleep(wait_s)
 
     return call
@@ -271,6 +281,10 @@ class Client(MlflowClient):
     log_param = retrying(MlflowClient.log_param)
     set_tag = retrying(MlflowClient.set_tag)
     delete_tag = retrying(MlflowClient.delete_tag)
+    # MLflow looks a run's datasets up in its experiment, then inserts those it did not find: two runs that
+    # log the same split at once (a parallel sweep's jobs, a search's workers) can both miss it, and the
+    # later insert breaks the table's key. Tried again, the write finds the dataset and links it.
+    log_inputs = retrying(MlflowClient.log_inputs, after_lost_insert_race=True)
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
