@@ -7,7 +7,9 @@ which every Python process the tests start inherits: at its exit each writes its
 system) and command line to a log. The figures group them by command. A process that is killed (SIGKILL,
 or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium, git),
 writes nothing, nor is a process's shutdown after its log line counted: that share is the suite's whole CPU
-(getrusage of its waited-for descendants) less the logged sum.
+(getrusage of its waited-for descendants) less the logged sum. A process that no ancestor waits for (the
+search's forkserver and the workers it forks, servers left to end on their own) is in neither: the machine's
+busy CPU over the run (/proc/stat, every process; the machine otherwise idle) counts it.
 """
 
 import argparse
@@ -42,7 +44,8 @@ if _log:
 GROUPS = [
     ("pytest workers (the tests run in-process)", r"execnet|xdist|import sys;exec"),
     ("joblib (loky) workers", r"loky\.backend\.popen"),
-    ("multiprocessing workers (search workers)", r"multiprocessing\.spawn"),
+    # The workers it forks end with os._exit, before any log: their CPU is only in the machine's busy count.
+    ("search workers' forkservers", r"multiprocessing\.forkserver"),
     ("python -m normexp.train -m (multiruns)", r"-m normexp\.train -m "),
     ("python -m normexp.train (single runs, refusals)", r"-m normexp\.train "),
     ("python -m normexp.search", r"-m normexp\.search "),
@@ -51,6 +54,13 @@ GROUPS = [
     ("resource trackers", r"resource_tracker"),
     ("pytest (the controller)", r"-m pytest"),
 ]
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used since boot: /proc/stat's first line, less idle and
+    iowait."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def group_of(command: str) -> str:
@@ -67,10 +77,10 @@ def main() -> None:
         log = Path(folder, "cpu.log")
         env = os.environ | {"SUITE_CPU_LOG": str(log),
                             "PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
-        started = time.monotonic()
+        started, busy_before = time.monotonic(), machine_busy_s()
         done = subprocess.run([sys.executable, "-m", "pytest", "-n", str(args.workers), "--dist", "worksteal", "-q",
                                *pytest_args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        wall_s = time.monotonic() - started
+        wall_s, busy_s = time.monotonic() - started, machine_busy_s() - busy_before
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         lines = log.read_text().splitlines() if log.exists() else []
 
@@ -86,7 +96,8 @@ def main() -> None:
     output = done.stdout.strip()
     print(output[output.find("slowest"):] if "slowest" in output else output or "(pytest printed nothing)")
     print(f"\n{args.workers} workers, {os.cpu_count()} CPUs: {wall_s:.0f} s wall, {total_s:.0f} s CPU "
-          f"({100 * total_s / wall_s:.0f}% of one core)\n")
+          f"({100 * total_s / wall_s:.0f}% of one core); the machine: {busy_s:.0f} s busy "
+          f"({100 * busy_s / wall_s:.0f}% of one core)\n")
     print(f"{'CPU s':>7} {'share':>6} {'procs':>6} {'s each':>7}  processes")
     for name in sorted(by_group, key=by_group.get, reverse=True):
         print(f"{by_group[name]:7.0f} {100 * by_group[name] / total_s:5.0f}% {count[name]:6d} "
