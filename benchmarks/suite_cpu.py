@@ -6,10 +6,10 @@ Runs `python -m pytest -n <workers> --dist worksteal` (make test) with a `sitecu
 which every Python process the tests start inherits: at its exit each writes its own CPU time (user +
 system) and command line to a log. The figures group them by command. A process that is killed (SIGKILL,
 or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium, git),
-writes nothing, nor is a process's shutdown after its log line counted: that share is the suite's whole CPU
-(getrusage of its waited-for descendants) less the logged sum. A process that no ancestor waits for (the
-search's forkserver and the workers it forks, servers left to end on their own) is in neither: the machine's
-busy CPU over the run (/proc/stat, every process; the machine otherwise idle) counts it.
+writes nothing, nor is a process's shutdown after its log line counted: that share is the machine's busy CPU
+over the run (/proc/stat: every process, so the machine must be otherwise idle) less the logged sum. The
+suite's getrusage (its waited-for descendants) is printed beside it: it misses the processes that no ancestor
+waits for (the search's forkserver and the workers it forks, servers left to end on their own).
 """
 
 import argparse
@@ -99,11 +99,11 @@ def main() -> None:
           f"({100 * total_s / wall_s:.0f}% of one core); the machine: {busy_s:.0f} s busy "
           f"({100 * busy_s / wall_s:.0f}% of one core)\n")
     print(f"{'CPU s':>7} {'share':>6} {'procs':>6} {'s each':>7}  processes")
-    for name in sorted(by_group, key=by_group.get, reverse=True):
-        print(f"{by_group[name]:7.0f} {100 * by_group[name] / total_s:5.0f}% {count[name]:6d} "
+    for name in sorted(by_group, key=by_group.get, reverse=True):  # shares of the machine's busy CPU
+        print(f"{by_group[name]:7.0f} {100 * by_group[name] / busy_s:5.0f}% {count[name]:6d} "
               f"{by_group[name] / count[name]:7.1f}  {name}")
-    print(f"{total_s - logged_s:7.0f} {100 * (total_s - logged_s) / total_s:5.0f}% {'':>6} {'':>7}  "
-          "not logged: killed processes, PostgreSQL, SLURM, Chromium")
+    print(f"{busy_s - logged_s:7.0f} {100 * (busy_s - logged_s) / busy_s:5.0f}% {'':>6} {'':>7}  "
+          "not logged: killed or forked processes, PostgreSQL, SLURM, Chromium, the kernel's own work")
     sys.exit(done.returncode)
 
 
