@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
 # Titles sit just above their axes. Left to matplotlib (None), each title's place is worked out again at
 # every draw from the tight box of its axes' tick labels, though no figure here puts ticks on top: that was
-# ~20% of the time to draw a run's figures (benchmarks/run_overhead.py's wrap-up).
+# ~8% of the time to draw a run's figures (docs/performance.md).
 matplotlib.rcParams["axes.titley"] = 1.0
 import matplotlib.pyplot as plt
 import numpy as np
