@@ -1,7 +1,8 @@
 """Scale-out end to end, with real servers (tests/servers.py): a joblib sweep on SQLite in which a job
 fails; a parallel sweep and a 2-worker search at once on PostgreSQL, directly and through `mlflow server`;
-a sweep submitted to a one-node SLURM cluster; a run's dataset inserted first by another process. Each lands in MLflow as one parent run with its children
-and the end-of-sweep report, as a serial sweep does."""
+a sweep submitted to a one-node SLURM cluster. Each lands in MLflow as one parent run with its children
+and the end-of-sweep report, as a serial sweep does. And on PostgreSQL, a run whose dataset another
+process inserted first."""
 
 import math
 import os
