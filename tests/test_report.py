@@ -1,4 +1,4 @@
-"""normexp.report on a real sweep recorded in the session's temporary SQLite store: the tables' numbers
+"""normexp.report on a real sweep recorded in a temporary SQLite store: the tables' numbers
 against the runs' own metrics, diverged runs marked "no", the report on the parent run, the CLI."""
 
 import csv
@@ -6,6 +6,7 @@ import math
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,24 +26,29 @@ LRS = ("0.01", "1.0")
 # other on a 2-core machine busy with other work.
 
 
-@pytest.fixture(scope="module")
-def sweep(tracking_dir, tmp_path_factory):
-    """The lr_tolerance preset shrunk on digits: none/bn x 2 learning rates x 2 seeds, 3 epochs, one multirun.
-    Returns (client, parent run id, child runs, the multirun's stdout)."""
-    uri = f"sqlite:///{tracking_dir}/mlflow.db"
-    folder = tmp_path_factory.mktemp("report_sweep")
+def run_sweep(folder: Path) -> None:
+    """The lr_tolerance preset shrunk on digits: none/bn x 2 learning rates x 2 seeds, 3 epochs, one multirun
+    in a store of its own in `folder`, its stdout in folder/stdout.txt."""
     done = subprocess.run(
         [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
          f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
-         f"tracking.uri={uri}", "tracking.experiment=report_sweep",
+         f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.experiment=report_sweep",
          f"hydra.sweep.dir={folder}/sweep"],
         cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(uri)
+    (folder / "stdout.txt").write_text(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def sweep(built_once):
+    """run_sweep, once for all the workers (a worker that runs this module's tests in two stretches would
+    otherwise build it twice): (client, parent run id, child runs, the multirun's stdout). Tests only read it."""
+    folder = built_once("report-sweep", run_sweep)
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     parent_id = (folder / "sweep" / PARENT_RUN_FILE).read_text()
     experiment_id = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    return client, parent_id, children, done.stdout
+    return client, parent_id, children, (folder / "stdout.txt").read_text()
 
 
 def by_variant(children) -> dict[tuple[str, str], list]:

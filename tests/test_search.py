@@ -45,8 +45,11 @@ def decided(study: optuna.Study) -> list:
 @pytest.fixture(scope="module")
 def bn_study(tracking_dir, tmp_path_factory):
     """One uninterrupted study on bn, shared by the tests that read it."""
-    storage = f"sqlite:///{tmp_path_factory.mktemp('optuna')}/optuna.db"
-    uri, experiment = f"sqlite:///{tracking_dir}/mlflow.db", "search-bn"
+    folder = tmp_path_factory.mktemp("optuna")
+    storage = f"sqlite:///{folder}/optuna.db"
+    # An experiment of its own: a parallel worker that runs this module's tests in two stretches (worksteal)
+    # builds the fixture twice, in the same session store.
+    uri, experiment = f"sqlite:///{tracking_dir}/mlflow.db", f"search-bn-{folder.name}"
     # Grid 0.1, 0.01, then bisection to a factor 4; two seeds, so a stable rate is trained twice.
     cfg = compose_search(*overrides(uri, experiment, storage, "norm=bn", "search.seeds=2", "search.lr_min=0.01",
                                     "search.lr_max=0.1", "search.resolution=4"))
