@@ -13,6 +13,7 @@ from hydra import compose as hydra_compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 import normexp.config.schema  # registers the config schemas that conf/*.yaml extend
+from normexp import search
 from normexp.tracking import commands
 from tests import servers
 
@@ -43,8 +44,7 @@ def refusal(entry_point, monkeypatch, tmp_path, *overrides: str, flags: tuple[st
     against stores in tmp_path: Hydra's real command line from sys.argv, run in this process. The real
     process's stderr, the same message alone, is test_commands' and test_domains' concern."""
     monkeypatch.chdir(tmp_path)
-    is_search = entry_point.__module__ == "normexp.search"
-    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if is_search else "seed=0"
+    storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if entry_point is search.main else "seed=0"
     monkeypatch.setattr(sys, "argv", ["normexp", f"--config-path={CONF_DIR}", *flags, storage,
                                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out",
                                       f"hydra.sweep.dir={tmp_path}/sweep", *overrides])
