@@ -5,8 +5,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
 # Titles sit just above their axes. Left to matplotlib (None), each title's place is worked out again at
-# every draw from the tight box of its axes' tick labels, though no figure here puts ticks on top: that was
-# ~8% of the time to draw a run's figures (docs/performance.md).
+# every draw from the tight box of its axes' tick labels, though no figure here puts ticks on top: work
+# repeated for each of the figures every run draws.
 matplotlib.rcParams["axes.titley"] = 1.0
 import matplotlib.pyplot as plt
 import numpy as np
