@@ -2,6 +2,7 @@
 session's temporary store; a failed job, SIGINT and SIGTERM, with Hydra's basic (serial) launcher and
 with its joblib launcher (jobs in worker processes)."""
 
+import io
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import optuna
 import pytest
 
 from normexp.stable_lr import workers
-from normexp.tracking import commands, sweep
+from normexp.tracking import commands, progress, sweep
 from tests.conftest import NO_MODEL
 
 
@@ -59,6 +60,24 @@ def test_a_failing_sweep_job_marks_the_parent_failed_not_running(tmp_path, track
     assert "RUNNING" not in statuses.values()
     assert statuses["bn-adam-lr0.001-bs64-s0-train_size256"] == "FINISHED"  # the swept key in the name
     assert list(statuses.values()).count("FAILED") == 1  # the parent
+
+
+def test_a_jobs_line_is_one_write_where_stdout_writes_through(monkeypatch):
+    # Under PYTHONUNBUFFERED (many containers and CI set it; loky's workers inherit it) print() writes a line's
+    # text and its newline apart: in a joblib sweep one job's `[sweep] 1/2 done` ran into the other's `[job 1/2]`.
+    writes = []
+
+    class Terminal(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            writes.append(bytes(data))
+            return len(data)
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Terminal(), write_through=True))  # what -u makes of stdout
+    progress.say("[job 1/2] bn-adam-lr0.001-bs64-s0: converged")
+    assert writes == [b"[job 1/2] bn-adam-lr0.001-bs64-s0: converged\n"]
 
 
 def start(module: str, *args: str, cwd) -> subprocess.Popen:

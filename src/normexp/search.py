@@ -23,7 +23,7 @@ from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
 from normexp.stable_lr import study as studies, workers
 from normexp.stable_lr.study import DECIDED
-from normexp.tracking import commands, lifecycle, stores, sweep
+from normexp.tracking import commands, lifecycle, progress, stores, sweep
 from normexp.config.schema import SearchRunConfig, TrainConfig
 
 
@@ -103,9 +103,9 @@ def run(cfg: TrainConfig) -> dict:
     def show(lr):
         return "none" if lr is None else f"{lr:.4g}"
 
-    print(f"{sweep.job_label()}{study.study_name}: max stable lr {show(summary['max_stable_lr'])}, min unstable "
-          f"{show(summary['min_unstable_lr'])}, {summary['trials']} trials, {summary['epochs_spent']} epochs"
-          f"{', NON-MONOTONE' if summary['non_monotone'] else ''}  [optuna-dashboard {summary['storage']}]")
+    progress.say(f"{sweep.job_label()}{study.study_name}: max stable lr {show(summary['max_stable_lr'])}, min unstable "
+                 f"{show(summary['min_unstable_lr'])}, {summary['trials']} trials, {summary['epochs_spent']} epochs"
+                 f"{', NON-MONOTONE' if summary['non_monotone'] else ''}  [optuna-dashboard {summary['storage']}]")
     return summary
 
 

@@ -18,7 +18,8 @@ from normexp.analysis.results import OutcomeMetrics
 from normexp.config import schema
 from normexp.models import networks
 from normexp.probes import inference
-from normexp.tracking import commands, inputs, lifecycle, logged_model, metrics, run_names, stores, sweep, system_metrics
+from normexp.tracking import (commands, inputs, lifecycle, logged_model, metrics, progress, run_names, stores, sweep,
+                              system_metrics)
 from normexp.training import checkpoints
 from normexp.training.callbacks import CallbackGroup, DivergenceGuard, EpochHistory, StopAtTarget
 from normexp.training.classifier import Classifier
@@ -211,7 +212,7 @@ def main(cfg: TrainConfig) -> Outcome:
         if cfg.tracking.run_name is None:  # in a multirun, named by all its jobs differ in
             cfg.tracking.run_name = run_names.run_name(cfg, sweep.swept_keys())
         outcome = run(cfg, parent_run_id=parent_run_id)
-    print(sweep.job_label() + outcome.summary(), flush=True)  # flushed: a joblib worker may be stopped, not exit
+    progress.say(sweep.job_label() + outcome.summary())  # flushed: a joblib worker may be stopped, not exit
     return outcome
 
 

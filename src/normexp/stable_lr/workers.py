@@ -38,7 +38,7 @@ from normexp import threads, train
 from normexp.stable_lr import study as studies
 from normexp.stable_lr.bracket import plan
 from normexp.stable_lr.study import DECIDED, UNSTABLE
-from normexp.tracking import commands, lifecycle, run_names, stores
+from normexp.tracking import commands, lifecycle, progress, run_names, stores
 from normexp.training.callbacks import TrialPruning
 from normexp.config.schema import SearchRunConfig, TrackingConfig, TrainConfig
 
@@ -75,8 +75,8 @@ def fail_lost(study: optuna.Study, lease_s: float) -> list[int]:
         if until < now or _process_gone(t.user_attrs.get(WORKER_ATTR, "")):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)  # another worker may be first
             lost.append(t.number)
-            print(f"trial {t.number} (lr {t.params.get('lr', math.nan):.4g}) lost its worker "
-                  f"{t.user_attrs.get(WORKER_ATTR, '?')}: FAIL, its rate is planned again", flush=True)
+            progress.say(f"trial {t.number} (lr {t.params.get('lr', math.nan):.4g}) lost its worker "
+                         f"{t.user_attrs.get(WORKER_ATTR, '?')}: FAIL, its rate is planned again")
     return lost
 
 
@@ -173,8 +173,8 @@ def run_trial(cfg: SearchRunConfig, study: optuna.Study, trial: optuna.Trial, cl
     else:
         told = study.tell(trial, math.log10(lr) if stable else UNSTABLE, skip_if_finished=True)
     lost = "" if told.state != TrialState.FAIL else "; but another worker had given it up as lost (FAIL)"
-    print(f"{label}trial {trial.number} lr={lr:.4g} ({trial.user_attrs['phase']}): {verdict}, {len(runs)} seed(s), "
-          f"{attrs['epochs']} epoch(s){lost}", flush=True)
+    progress.say(f"{label}trial {trial.number} lr={lr:.4g} ({trial.user_attrs['phase']}): {verdict}, "
+                 f"{len(runs)} seed(s), {attrs['epochs']} epoch(s){lost}")
 
 
 def work(cfg: TrainConfig, parent_id: str, label: str = "") -> None:

@@ -5,6 +5,7 @@ write: whole lines, whichever process writes), and the counts are read back from
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,14 @@ class Counts:
         mean_s = sum(self.durations_s) / len(self.durations_s)
         left_s = mean_s * left / max(1, min(self.at_once, left))
         return f"{text}; about {_minutes(left_s)} left ({_minutes(mean_s)} a job, {self.at_once} at once)"
+
+
+def say(line: str) -> None:
+    """Print one line, whole, in one write. Parallel jobs share the terminal, and where stdout writes
+    through (PYTHONUNBUFFERED, `python -u`: common in containers and CI) print() writes the text and its
+    newline apart, so another job's line could land between the two."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _minutes(seconds: float) -> str:

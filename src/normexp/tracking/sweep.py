@@ -167,7 +167,7 @@ class SweepParentRun(Callback):
             lifecycle.set_tags(client, parent, {"failed_job": "; ".join(filter(None, failed_jobs))})
         counts = progress.counts(sweep_dir)
         if counts:
-            print(f"[sweep] {counts.line()}", flush=True)
+            progress.say(f"[sweep] {counts.line()}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         _open_sweeps.remove(self)
