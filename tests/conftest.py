@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import normexp  # before torch, MLflow and Hydra: it defers the collector's full passes while they load, as in a command
 import torch
 from filelock import FileLock
 from hydra import compose as hydra_compose, initialize_config_dir

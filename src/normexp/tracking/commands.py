@@ -25,6 +25,7 @@ from dataclasses import fields, is_dataclass
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+import normexp
 from normexp.errors import ConfigError
 from normexp.tracking import faults, lifecycle, source
 
@@ -39,9 +40,11 @@ def freeze_imports() -> None:
     its first run: ~1M objects of the modules imported (torch, Lightning, MLflow, Hydra), which no collection
     traverses again, neither the full ones during training nor the one at exit. A command's process spends
     ~2 s less CPU (docs/performance.md). Once only: a later call would also freeze the cycles of a finished
-    run (a Trainer's), which the collector could then never free."""
+    run (a Trainer's), which the collector could then never free. Puts back the collector's thresholds, which
+    normexp's import set to defer full passes while those modules loaded (normexp/__init__.py)."""
     if not _imports_frozen:
         gc.freeze()
+        gc.set_threshold(*normexp.GC_THRESHOLDS)
         _imports_frozen.append(True)
 
 
