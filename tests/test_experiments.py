@@ -1,5 +1,6 @@
 """The presets in conf/experiment/: each composes, every job of its sweep builds, and two run shrunk."""
 
+import functools
 import itertools
 import json
 import subprocess
@@ -30,6 +31,12 @@ def compose_preset(*overrides: str):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
+@functools.cache
+def preset(name: str):
+    """conf/experiment/<name>.yaml composed once for the module's tests, which only read it (~0.1 s a compose)."""
+    return compose_preset(f"experiment={name}")
+
+
 def sweep_jobs(params) -> list[list[str]]:
     """The overrides of every job, expanded by Hydra's own parser as the basic sweeper does."""
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
@@ -39,14 +46,14 @@ def sweep_jobs(params) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_is_a_multirun_of_several_jobs(name):
-    cfg = compose_preset(f"experiment={name}")
+    cfg = preset(name)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert len(sweep_jobs(cfg.hydra.sweeper.params)) >= 2
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits(name):
-    params = compose_preset(f"experiment={name}").hydra.sweeper.params
+    params = preset(name).hydra.sweeper.params
     for job in sweep_jobs(params):
         for dataset in ([], ["dataset=digits"]):
             cfg = compose_preset(f"experiment={name}", *dataset, *job)
@@ -80,9 +87,8 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {r.data.tags["norm"] for r in children} == norms and len(children) == len(norms) * len(models)
     assert all(r.info.status == "FINISHED" and r.data.tags["dataset"] == "digits" for r in children)
-    preset = compose_preset(f"experiment={name}")
     assert {r.data.params["model.name"] for r in children} == models
-    assert {r.data.params["dataset.batch_size"] for r in children} == {str(preset.dataset.batch_size)}
+    assert {r.data.params["dataset.batch_size"] for r in children} == {str(preset(name).dataset.batch_size)}
     # The sweep's answer: printed, and on the parent run as artifacts and as its description.
     assert "### Convergence per variant" in done.stdout
     parent_id = parents[0].info.run_id
@@ -96,7 +102,7 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"convergence", "norms_cnn"}))
 def test_the_other_presets_run_one_job_shrunk(name, compose_cfg, experiment_runs):
     # The sweep's last job (the largest batch in batch_size), one epoch on digits, in this process.
-    job = sweep_jobs(compose_preset(f"experiment={name}").hydra.sweeper.params)[-1]
+    job = sweep_jobs(preset(name).hydra.sweeper.params)[-1]
     outcome = train.run(compose_cfg(f"experiment={name}", "dataset=digits", *job, "trainer.max_epochs=1"))
     (run,) = experiment_runs()
     assert run.info.status == "FINISHED" and outcome.epochs == 1 and 0 <= outcome.final_val_acc <= 1
@@ -107,7 +113,7 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
     two presets that shared runs would answer two questions with one set of figures."""
     trained_by = {}  # the job's config without what names its preset (tracking, answers) -> preset
     for question in questions.QUESTIONS:
-        for job in sweep_jobs(compose_preset(f"experiment={question.preset}").hydra.sweeper.params):
+        for job in sweep_jobs(preset(question.preset).hydra.sweeper.params):
             cfg = OmegaConf.to_container(compose_preset(f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
             for node in ("hydra", "tracking", "answers"):
                 cfg.pop(node)
@@ -121,13 +127,13 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
 def test_the_parent_run_checks_every_job_of_the_preset_before_it_starts(name):
     """on_multirun_start checks the jobs Hydra will launch: the preset's own sweep (hydra.sweeper.params),
     not the un-swept base config (experiment=depth failed there: model.width without model.depth)."""
-    params = compose_preset(f"experiment={name}").hydra.sweeper.params
+    params = preset(name).hydra.sweeper.params
     checked = [[o for o in job if o != f"experiment={name}"] for job in sweep._jobs(params, [f"experiment={name}"])]
     assert checked == sweep_jobs(params)
 
 
 def test_a_command_line_sweep_replaces_the_presets_axis_of_the_same_key():
-    params = compose_preset("experiment=depth").hydra.sweeper.params
+    params = preset("depth").hydra.sweeper.params
     jobs = sweep._jobs(params, ["experiment=depth", "model.depth=2,4", "dataset=digits"])
     assert len(jobs) == 3 * 2  # norm: none,bn,ln x model.depth: 2,4
     assert all("dataset=digits" in job and any(o in job for o in ("model.depth=2", "model.depth=4")) for job in jobs)
