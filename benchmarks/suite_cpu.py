@@ -70,6 +70,7 @@ def group_of(command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (make test's TEST_WORKERS)")
+    parser.add_argument("--log", type=Path, help="also keep every process's line (CPU s, command) in this file")
     args, pytest_args = parser.parse_known_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -83,6 +84,8 @@ def main() -> None:
         wall_s, busy_s = time.monotonic() - started, machine_busy_s() - busy_before
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         lines = log.read_text().splitlines() if log.exists() else []
+    if args.log:
+        args.log.write_text("".join(f"{line}\n" for line in lines))
 
     total_s = usage.ru_utime + usage.ru_stime
     by_group, count = defaultdict(float), defaultdict(int)
