@@ -1,6 +1,6 @@
 """Where the test suite's CPU goes: the pytest workers' own tests against the processes the tests start.
 
-    python benchmarks/suite_cpu.py [--workers 2] [pytest arguments ...]
+    python benchmarks/suite_cpu.py [--workers 2] [--log FILE] [pytest arguments ...]
 
 Runs `python -m pytest -n <workers> --dist worksteal` (make test) with a `sitecustomize.py` on PYTHONPATH,
 which every Python process the tests start inherits: at its exit each writes its own CPU time (user +
