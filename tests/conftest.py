@@ -1,4 +1,8 @@
-"""Shared fixtures: the real Hydra config, composed and shrunk, tracked in a real temporary SQLite store."""
+"""Shared fixtures: the real Hydra config, composed and shrunk, tracked in a real temporary SQLite store.
+
+Light to import: pytest's controller loads this file before it starts the parallel workers, and its import
+of torch, MLflow and Hydra (~6 s of one core, the other idle) delayed every worker's start. The helpers
+below import them where they are used; in a worker, the test modules have imported them already."""
 
 import os
 import re
@@ -7,16 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 import normexp  # before torch, MLflow and Hydra: it defers the collector's full passes while they load, as in a command
-import torch
-from filelock import FileLock
-from hydra import compose as hydra_compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
-
-import normexp.config.schema  # registers the config schemas that conf/*.yaml extend
-from normexp import search
-from normexp.tracking import commands
+import normexp.config.schema  # registers the config schemas that conf/*.yaml extend (no torch, no MLflow)
 from tests import servers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -26,13 +24,14 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 NO_MODEL = "tracking.log_model=false"
 
 # The test models are tiny: a second thread only adds contention (5x slower on a busy 2-core
-# machine). The variable reaches the subprocesses that tests start.
+# machine). Set before torch is imported, which reads it; it also reaches the subprocesses that tests start.
 os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1)
 
 
 def compose(config_name: str, *overrides: str):
     """conf/<config_name>.yaml with the overrides, composed as the command line would."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         return hydra_compose(config_name, overrides=list(overrides))
 
@@ -45,6 +44,8 @@ def refusal(entry_point, monkeypatch, tmp_path, *overrides: str, flags: tuple[st
     """The message `entry_point` (normexp.train.main or normexp.search.main) exits with for these overrides,
     against stores in tmp_path: Hydra's real command line from sys.argv, run in this process. The real
     process's stderr, the same message alone, is test_commands' and test_domains' concern."""
+    from normexp import search
+
     monkeypatch.chdir(tmp_path)
     storage = f"search.storage=sqlite:///{tmp_path}/optuna.db" if entry_point is search.main else "seed=0"
     monkeypatch.setattr(sys, "argv", ["normexp", f"--config-path={CONF_DIR}", *flags, storage,
@@ -102,20 +103,16 @@ def compose_cfg(tracking_uri, experiment_name):
     tracked in this test's own experiment of the session's temporary store."""
 
     def make(*overrides: str):
-        with initialize_config_dir(str(CONF_DIR), version_base=None):
-            return hydra_compose("train", overrides=[
-                f"tracking.uri={tracking_uri}",
-                f"tracking.experiment={experiment_name}",
-                "trainer.max_epochs=2",
-                "trainer.progress_bar=false",
-                *overrides,
-            ])
+        return compose("train", f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                       "trainer.max_epochs=2", "trainer.progress_bar=false", *overrides)
 
     return make
 
 
 @pytest.fixture
-def mlflow_client(tracking_uri) -> MlflowClient:
+def mlflow_client(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri)
 
 
@@ -178,4 +175,6 @@ def pytest_collection_modifyitems(items):
 def pytest_collection_finish(session):
     # What a command does first (commands.freeze_imports), after the test modules' imports: the garbage
     # collections of the runs the tests train in-process skip the modules.
+    from normexp.tracking import commands
+
     commands.freeze_imports()
