@@ -103,9 +103,10 @@ def run(cfg: TrainConfig) -> dict:
     def show(lr):
         return "none" if lr is None else f"{lr:.4g}"
 
-    progress.say(f"{sweep.job_label()}{study.study_name}: max stable lr {show(summary['max_stable_lr'])}, min unstable "
-                 f"{show(summary['min_unstable_lr'])}, {summary['trials']} trials, {summary['epochs_spent']} epochs"
-                 f"{', NON-MONOTONE' if summary['non_monotone'] else ''}  [optuna-dashboard {summary['storage']}]")
+    progress.say(f"{sweep.job_label()}{study.study_name}: max stable lr {show(summary['max_stable_lr'])}, "
+                 f"min unstable {show(summary['min_unstable_lr'])}, {summary['trials']} trials, "
+                 f"{summary['epochs_spent']} epochs{', NON-MONOTONE' if summary['non_monotone'] else ''}  "
+                 f"[optuna-dashboard {summary['storage']}]")
     return summary
 
 
