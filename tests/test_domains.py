@@ -195,10 +195,11 @@ def test_every_key_refuses_values_outside_its_domain_in_one_line_naming_them():
 
     def refused(k: Key):
         def check(value):
-            if (k.key, text(value)) in tried:
+            typed = (k.key, text(value))
+            if typed in tried:
                 return
             line = refusal(k, value)
-            tried.add((k.key, text(value)))
+            tried.add(typed)
             assert "\n" not in line and f"{k.key}={domains.show(value)}" in line, (k.key, value, line)
 
         return check
