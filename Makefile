@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 
 # Parallel pytest workers, each test with its own stores, folders and ports. The suite is CPU-bound: on
 # the 2-core machine 2 workers took 509 s, 3 took 568 s, 4 took 629 s (contention: more CPU work for the
-# same tests) and 1 took 820 s (the waits left a core idle); docs/performance.md.
+# same tests) and 1 took 820 s (the waits left a core idle). 3 were still no better in 2026-12's recheck;
+# docs/performance.md.
 TEST_WORKERS ?= 2
 
 .PHONY: run test answers
