@@ -172,7 +172,7 @@ def _outcome(cfg: TrainConfig, run_id: str, guard: DivergenceGuard, history: Epo
     final = history.epochs[-1] if history.epochs else {}
     return Outcome(
         run_id=run_id,
-        name=cfg.tracking.run_name or run_names.run_name(cfg),
+        name=run_names.name_of(cfg),
         diverged=diverged,
         diverged_at_step=guard.diverged_at_step,
         diverged_reason=guard.reason,

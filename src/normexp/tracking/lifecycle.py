@@ -136,7 +136,7 @@ def _create_run(tracking_cfg: TrackingConfig, tags: dict) -> tuple[MlflowClient,
 def start_run(cfg: TrainConfig, parent_run_id: str | None, extra_params: dict | None = None) -> tuple[MlflowClient, str]:
     """Create the run of one training job (or study), with its config as params, tags and a YAML artifact."""
     tags = {
-        MLFLOW_RUN_NAME: cfg.tracking.run_name or run_names.run_name(cfg),
+        MLFLOW_RUN_NAME: run_names.name_of(cfg),
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "norm": cfg.norm.kind,

@@ -30,3 +30,9 @@ def run_name(cfg: TrainConfig, swept: list[str] = ()) -> str:
         else:  # a flag or a word: variable_length=true
             parts.append(f"{last}={str(value).lower() if isinstance(value, bool) else value}")
     return "-".join(parts)
+
+
+def name_of(cfg: TrainConfig) -> str:
+    """The name of cfg's run: tracking.run_name where set (a multirun's jobs get theirs from train.main), else
+    run_name(cfg)."""
+    return cfg.tracking.run_name or run_name(cfg)
