@@ -4,6 +4,8 @@ Light to import: pytest's controller loads this file before it starts the parall
 of torch, MLflow and Hydra (~6 s of one core, the other idle) delayed every worker's start. The helpers
 below import them where they are used; in a worker, the test modules have imported them already."""
 
+import copy
+import functools
 import os
 import re
 import shutil
@@ -29,7 +31,31 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def compose(config_name: str, *overrides: str):
-    """conf/<config_name>.yaml with the overrides, composed as the command line would."""
+    """conf/<config_name>.yaml with the overrides, composed as the command line would.
+
+    Hydra composes the config of the defaults list (the group options) and then applies the value overrides
+    (`optim.lr=0.1`), last. The first step (~80 ms) is done once per config name and group options; each call
+    runs the second (~2 ms) on a copy, with Hydra's own code for it. Every other override (a group option, a
+    top-level key, a sweep, hydra's own) goes to the first step as it is."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values = [o for o in parsed if _is_value_override(o)]
+    cfg = copy.deepcopy(_composed(config_name, tuple(o.input_line for o in parsed if o not in values)))
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)  # raises as hydra.compose does
+    return cfg
+
+
+def _is_value_override(override) -> bool:
+    # A dotted key names a value: a config group's name has no dot.
+    return ("." in override.key_or_group and override.package is None and not override.is_sweep_override()
+            and not override.is_hydra_override())
+
+
+@functools.cache
+def _composed(config_name: str, overrides: tuple[str, ...]):
+    """Callers get a copy: they may change it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base=None):

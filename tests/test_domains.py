@@ -10,9 +10,7 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
-import hydra
 import pytest
-from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from omegaconf import OmegaConf
@@ -22,7 +20,7 @@ from normexp.config.domains import Interval, NonEmpty, OneOf
 from normexp.errors import ConfigError
 from normexp.tracking import commands
 from normexp.training import classifier
-from tests.conftest import CONF_DIR, compose
+from tests.conftest import compose
 
 BAD_PER_KEY = 1    # drawn by Hypothesis for each key, beside its edge cases (@example)
 GOOD_PER_KEY = 1
@@ -178,7 +176,7 @@ def good_values(k: Key, element: bool = False):
 
 
 def compose_with(k: Key, value):
-    return hydra.compose(k.config_name, overrides=[*k.option, f"{k.key}={text(value)}"])
+    return compose(k.config_name, *k.option, f"{k.key}={text(value)}")
 
 
 def refusal(k: Key, value) -> str:
@@ -204,12 +202,11 @@ def test_every_key_refuses_values_outside_its_domain_in_one_line_naming_them():
 
         return check
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):  # one Hydra context for every composition
-        for k in KEYS:
-            test = given(value=bad_values(k))(refused(k))
-            for value in edge_cases(k):
-                test = example(value=value)(test)
-            settings(max_examples=BAD_PER_KEY, **QUIET_HYPOTHESIS)(test)()
+    for k in KEYS:
+        test = given(value=bad_values(k))(refused(k))
+        for value in edge_cases(k):
+            test = example(value=value)(test)
+        settings(max_examples=BAD_PER_KEY, **QUIET_HYPOTHESIS)(test)()
     # docs/reliability.md states this count (Hypothesis draws the same values every run: derandomize).
     print(f"\n{len(tried)} distinct bad inputs over {len(KEYS)} keys, each refused in one line")
     assert {key for key, _ in tried} == {k.key for k in KEYS}  # every key, several values each
@@ -222,10 +219,9 @@ def test_every_key_accepts_values_inside_its_domain():
 
         return check
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        for k in KEYS:
-            if k.allowed is not None:
-                settings(max_examples=GOOD_PER_KEY, **QUIET_HYPOTHESIS)(given(value=good_values(k))(accepted(k)))()
+    for k in KEYS:
+        if k.allowed is not None:
+            settings(max_examples=GOOD_PER_KEY, **QUIET_HYPOTHESIS)(given(value=good_values(k))(accepted(k)))()
 
 
 def test_the_schema_names_the_optimizers_the_classifier_has():

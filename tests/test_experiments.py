@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -18,7 +18,7 @@ from normexp.models import networks
 from normexp.tracking import sweep
 from normexp.tracking.stores import PROJECT_ROOT
 
-from .conftest import CONF_DIR, NO_MODEL
+from .conftest import CONF_DIR, NO_MODEL, compose
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # (C, H, W) of each data set, to build every job's model without the (possibly offline) data.
@@ -26,15 +26,12 @@ INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 
 GROUPS = {"dataset": "name", "model": "name", "norm": "kind", "optim": "name"}
 
 
-def compose_preset(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-
 @functools.cache
 def preset(name: str):
-    """conf/experiment/<name>.yaml composed once for the module's tests, which only read it (~0.1 s a compose)."""
-    return compose_preset(f"experiment={name}")
+    """conf/experiment/<name>.yaml with its hydra node (the sweep), composed once for the module's tests, which
+    only read it (~0.1 s a compose)."""
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return hydra_compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
 
 
 def sweep_jobs(params) -> list[list[str]]:
@@ -56,7 +53,7 @@ def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits
     params = preset(name).hydra.sweeper.params
     for job in sweep_jobs(params):
         for dataset in ([], ["dataset=digits"]):
-            cfg = compose_preset(f"experiment={name}", *dataset, *job)
+            cfg = compose("train", f"experiment={name}", *dataset, *job)
             for override in job:  # the sweep value reached the config
                 key, value = override.split("=", 1)
                 chosen = cfg[key][GROUPS[key]] if key in GROUPS else OmegaConf.select(cfg, key)
@@ -114,8 +111,8 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
     trained_by = {}  # the job's config without what names its preset (tracking, answers) -> preset
     for question in questions.QUESTIONS:
         for job in sweep_jobs(preset(question.preset).hydra.sweeper.params):
-            cfg = OmegaConf.to_container(compose_preset(f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
-            for node in ("hydra", "tracking", "answers"):
+            cfg = OmegaConf.to_container(compose("train", f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
+            for node in ("tracking", "answers"):
                 cfg.pop(node)
             key = json.dumps(cfg, sort_keys=True)
             assert key not in trained_by, f"{question.preset} {job} trains a run of {trained_by.get(key)}"
