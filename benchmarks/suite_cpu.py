@@ -4,12 +4,15 @@
 
 Runs `python -m pytest -n <workers> --dist worksteal` (make test) with a `sitecustomize.py` on PYTHONPATH,
 which every Python process the tests start inherits: at its exit each writes its own CPU time (user +
-system) and command line to a log. The figures group them by command. A process that is killed (SIGKILL,
-or a signal it does not handle), and whatever is not Python (PostgreSQL, SLURM's daemons, Chromium, git),
-writes nothing, nor is a process's shutdown after its log line counted: that share is the machine's busy CPU
-over the run (/proc/stat: every process, so the machine must be otherwise idle) less the logged sum. The
-suite's getrusage (its waited-for descendants) is printed beside it: it misses the processes that no ancestor
-waits for (the search's forkserver and the workers it forks, servers left to end on their own).
+system), pid and command line to a log. A process that is killed (SIGKILL, or a signal it does not handle),
+a forked search worker (it ends with os._exit) and whatever is not Python (PostgreSQL, SLURM's daemons,
+Chromium) write nothing: for those, every SAMPLE_EVERY_S this script reads each process's CPU so far in
+/proc, which misses only a process's last fraction of a sample and processes shorter than one. The figures
+group the processes by command; those that were running before the suite (kernel threads, the machine's
+agents) count what they used during it. The rest of the machine's busy CPU over the run (/proc/stat: every
+process, so the machine must be otherwise idle) is the last row. The suite's getrusage (its waited-for
+descendants) is printed beside it: it misses the processes that no ancestor waits for (the search's
+forkserver and the workers it forks, servers left to end on their own).
 """
 
 import argparse
@@ -19,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +38,7 @@ _command = " ".join(open("/proc/self/cmdline").read().replace("\\0", " ").split(
 def _write():
     times = os.times()
     with open(_log, "a") as log:
-        log.write(f"{times.user + times.system:.2f}\\t{_command[:300]}\\n")
+        log.write(f"{times.user + times.system:.2f}\\t{os.getpid()}\\t{_command[:300]}\\n")
 
 if _log:
     atexit.register(_write)
@@ -44,8 +48,8 @@ if _log:
 GROUPS = [
     ("pytest workers (the tests run in-process)", r"execnet|xdist|import sys;exec"),
     ("joblib (loky) workers", r"loky\.backend\.popen"),
-    # The workers it forks end with os._exit, before any log: their CPU is only in the machine's busy count.
-    ("search workers' forkservers", r"multiprocessing\.forkserver"),
+    # The workers it forks keep its command line; they end with os._exit, before any log line (sampled).
+    ("search workers and their forkservers", r"multiprocessing\.forkserver"),
     ("python -m normexp.train -m (multiruns)", r"-m normexp\.train -m "),
     ("python -m normexp.train (single runs, refusals)", r"-m normexp\.train "),
     ("python -m normexp.search", r"-m normexp\.search "),
@@ -53,7 +57,11 @@ GROUPS = [
     ("mlflow server, optuna-dashboard", r"mlflow server|uvicorn|optuna-dashboard"),
     ("resource trackers", r"resource_tracker"),
     ("pytest (the controller)", r"-m pytest"),
+    ("PostgreSQL", r"^postgres|/postgresql/"),
+    ("SLURM's and munge's daemons", r"slurmctld|slurmd|slurmstepd|munged"),
+    ("Chromium (the browser test)", r"chromium|playwright"),
 ]
+SAMPLE_EVERY_S = 0.5  # a scan of /proc costs ~5 ms of this process's CPU
 
 
 def machine_busy_s() -> float:
@@ -64,7 +72,47 @@ def machine_busy_s() -> float:
 
 
 def group_of(command: str) -> str:
-    return next((name for name, pattern in GROUPS if re.search(pattern, command)), "other Python processes")
+    return next((name for name, pattern in GROUPS if re.search(pattern, command)), "other processes")
+
+
+def processes_cpu_s() -> dict[tuple[int, int], tuple[float, str]]:
+    """(pid, start time) -> (CPU seconds so far, command line) of every process on the machine now. The start
+    time tells apart two processes that had the same pid."""
+    found, tick = {}, os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                command = " ".join(Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0"))
+            except OSError:
+                continue  # it ended meanwhile
+            name, fields = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :].split()
+            # fields 11 and 12: user and system time in ticks; 19: start time in ticks since boot
+            found[int(entry.name), int(fields[19])] = ((int(fields[11]) + int(fields[12])) / tick,
+                                                       command.strip() or f"[{name}]")
+    return found
+
+
+class Sampler(threading.Thread):
+    """Every process's CPU over the run, read from /proc until `stop` is set."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.before = processes_cpu_s()  # what those already running had used
+        self.last = dict(self.before)    # each process's last reading: CPU time only grows
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(SAMPLE_EVERY_S):
+            for key, (cpu_s, command) in processes_cpu_s().items():
+                if command.startswith("[") and key in self.last:  # an exiting process's command line is empty
+                    command = self.last[key][1]
+                self.last[key] = (cpu_s, command)
+
+    def used(self) -> dict[tuple[int, int], tuple[float, str, bool]]:
+        """(pid, start time) -> (CPU seconds during the run, command line, whether it was running before)."""
+        return {key: (cpu_s - self.before.get(key, (0.0,))[0], command, key in self.before)
+                for key, (cpu_s, command) in self.last.items()}
 
 
 def main() -> None:
@@ -78,23 +126,35 @@ def main() -> None:
         log = Path(folder, "cpu.log")
         env = os.environ | {"SUITE_CPU_LOG": str(log),
                             "PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
+        sampler = Sampler()
+        sampler.start()
         started, busy_before = time.monotonic(), machine_busy_s()
         done = subprocess.run([sys.executable, "-m", "pytest", "-n", str(args.workers), "--dist", "worksteal", "-q",
                                *pytest_args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         wall_s, busy_s = time.monotonic() - started, machine_busy_s() - busy_before
+        sampler.stop.set()
+        sampler.join()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         lines = log.read_text().splitlines() if log.exists() else []
     if args.log:
         args.log.write_text("".join(f"{line}\n" for line in lines))
 
     total_s = usage.ru_utime + usage.ru_stime
-    by_group, count = defaultdict(float), defaultdict(int)
+    logged = {}  # pid -> (CPU seconds, command line): exact to its exit, but for its shutdown after the log line
     for line in lines:
-        seconds, command = line.split("\t", 1)
-        group = group_of(command)
-        by_group[group] += float(seconds)
-        count[group] += 1
-    logged_s = sum(by_group.values())
+        seconds, pid, command = line.split("\t", 2)
+        logged[int(pid)] = (float(seconds), command)
+    by_group, count = defaultdict(float), defaultdict(int)
+    for (pid, _), (seconds, command, before) in sampler.used().items():
+        seconds = max(seconds, logged.pop(pid, (0.0,))[0])
+        if seconds >= 0.01:
+            group = "already running: kernel threads, the machine's agents, this script" if before else group_of(command)
+            by_group[group] += seconds
+            count[group] += 1
+    for seconds, command in logged.values():  # shorter than a sample
+        by_group[group_of(command)] += seconds
+        count[group_of(command)] += 1
+    seen_s = sum(by_group.values())
     # pytest's --durations table (make test asks for the 15 slowest) and its summary line.
     output = done.stdout.strip()
     print(output[output.find("slowest"):] if "slowest" in output else output or "(pytest printed nothing)")
@@ -105,8 +165,8 @@ def main() -> None:
     for name in sorted(by_group, key=by_group.get, reverse=True):  # shares of the machine's busy CPU
         print(f"{by_group[name]:7.0f} {100 * by_group[name] / busy_s:5.0f}% {count[name]:6d} "
               f"{by_group[name] / count[name]:7.1f}  {name}")
-    print(f"{busy_s - logged_s:7.0f} {100 * (busy_s - logged_s) / busy_s:5.0f}% {'':>6} {'':>7}  "
-          "not logged: killed or forked processes, PostgreSQL, SLURM, Chromium, the kernel's own work")
+    print(f"{busy_s - seen_s:7.0f} {100 * (busy_s - seen_s) / busy_s:5.0f}% {'':>6} {'':>7}  "
+          "not seen: processes shorter than a sample that are not Python, the kernel's own work")
     sys.exit(done.returncode)
 
 
