@@ -25,6 +25,18 @@ def test_figures_are_headless():
     assert matplotlib.get_backend().lower() == "agg"
 
 
+def test_titles_sit_above_their_axes_in_these_figures_only():
+    fig = plots.curves([{"train/loss": 1.0, "val/loss": 1.2, "train/acc": 0.5, "val/acc": 0.4}])
+    fig.canvas.draw()
+    assert [ax.title.get_position()[1] for ax in fig.axes] == [1.0, 1.0]
+    assert matplotlib.rcParams["axes.titley"] is None  # a figure of the user's own still places its titles itself
+    _, own = plt.subplots()
+    own.xaxis.tick_top()
+    own.set_title("ticks on top")
+    own.figure.canvas.draw()
+    assert own.title.get_position()[1] > 1.0  # moved above the tick labels
+
+
 def test_curves_plot_train_and_val_per_epoch():
     epochs = [{"train/loss": 1.0, "val/loss": 1.2, "train/acc": 0.5, "val/acc": 0.4},
               {"train/loss": 0.5, "val/loss": 0.7, "train/acc": 0.8, "val/acc": 0.7}]

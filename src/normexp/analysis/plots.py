@@ -1,13 +1,11 @@
 """Matplotlib figures. Headless (Agg): every function returns a Figure and never shows it;
 `log_figure` writes one to an MLflow run and closes it. Grouped by topic; add new topics as sections."""
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: no display, no GUI event loop
-# Titles sit just above their axes. Left to matplotlib (None), each title's place is worked out again at
-# every draw from the tight box of its axes' tick labels, though no figure here puts ticks on top: work
-# repeated for each of the figures every run draws.
-matplotlib.rcParams["axes.titley"] = 1.0
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.cm import ScalarMappable
@@ -16,6 +14,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from normexp.analysis.histograms import HistogramSeries
+
+
+def _titles_above_axes(draw):
+    """Titles sit just above their axes, in the figures `draw` makes (matplotlib reads axes.titley when it makes
+    an axes). Left to matplotlib (None), each title's place is worked out again at every draw from the tight
+    box of its axes' tick labels, though no figure here puts ticks on top: work repeated for each of the
+    figures every run draws. Set for these figures only: rcParams are the whole process's."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> Figure:
+        with plt.rc_context({"axes.titley": 1.0}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def log_figure(client, run_id: str, fig: Figure, artifact_file: str) -> None:
@@ -37,6 +48,7 @@ def _margins(fig: Figure, top: float = 0.45, right: float = 0.25, wspace: float 
 
 # ---- Training curves ---------------------------------------------------------------------------
 
+@_titles_above_axes
 def curves(epochs: list[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train and val; `epochs` as EpochHistory.epochs ({'train/loss': ...})."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -55,6 +67,7 @@ def curves(epochs: list[dict[str, float]]) -> Figure:
 
 # ---- Inside the network (probes) ---------------------------------------------------------------
 
+@_titles_above_axes
 def gamma_beta_histograms(params: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """Histograms of the learned gamma (scale) and beta (shift) over features, one outline per norm layer."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -90,6 +103,7 @@ def _draw_evolution(ax, series: HistogramSeries, max_lines: int = 12) -> ScalarM
     return colors
 
 
+@_titles_above_axes
 def activation_evolution(layers: dict[str, HistogramSeries], what: str = "pre-activation") -> Figure:
     """One panel per layer: the distribution of `what` on the probe batch after each epoch."""
     columns = min(len(layers), 4)
@@ -106,6 +120,7 @@ def activation_evolution(layers: dict[str, HistogramSeries], what: str = "pre-ac
     return fig
 
 
+@_titles_above_axes
 def activation_evolution_pair(left: HistogramSeries, right: HistogramSeries, labels: tuple[str, str],
                               layer: str, what: str = "pre-activation") -> Figure:
     """The same layer's distribution over epochs in two runs, side by side on a shared value axis.
@@ -119,6 +134,7 @@ def activation_evolution_pair(left: HistogramSeries, right: HistogramSeries, lab
     return fig
 
 
+@_titles_above_axes
 def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: str) -> Figure:
     """One layer's values entering and leaving its norm, at the first and the last probed epoch."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -135,6 +151,7 @@ def before_after_norm(before: HistogramSeries, after: HistogramSeries, layer: st
 
 # ---- Gradient flow (normexp.probes.gradients) ---------------------------------------------------------
 
+@_titles_above_axes
 def gradient_flow(epochs: list[int], norms: dict[str, list[float]], ratios: dict[str, list[float]]) -> Figure:
     """Gradient norm and update/weight ratio per hidden block (x: 1 = nearest the input), one line per
     epoch, dark (first) to bright (last); norms[layer] and ratios[layer] hold one value per epoch."""
@@ -161,6 +178,7 @@ def gradient_flow(epochs: list[int], norms: dict[str, list[float]], ratios: dict
 STABILITY_STYLE = {"stable": ("tab:green", "o"), "unstable": ("tab:orange", "s"), "diverged": ("tab:red", "x")}
 
 
+@_titles_above_axes
 def val_acc_vs_lr(points: list[tuple[float, float, str]], converge_acc: float, max_stable_lr: float | None,
                   min_unstable_lr: float | None, title: str) -> Figure:
     """Final val accuracy of every seed run against its learning rate (log x); points are
@@ -184,6 +202,7 @@ def val_acc_vs_lr(points: list[tuple[float, float, str]], converge_acc: float, m
     return fig
 
 
+@_titles_above_axes
 def max_stable_lr_bars(rows: list[dict]) -> Figure:
     """One bar per variant: max stable learning rate (log y), a whisker up to the lowest unstable rate
     above it, and the ratio to norm=none on top; rows as search.table() returns them."""
@@ -219,6 +238,7 @@ def _variant_style(index: int) -> dict:
     return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
 
 
+@_titles_above_axes
 def overlay_curves(loss: dict[str, np.ndarray], acc: dict[str, np.ndarray], reached: dict[str, float],
                    target_acc: float | None) -> Figure:
     """Every variant's training loss and val accuracy per epoch (mean over seeds; arrays (E,), epoch
@@ -245,6 +265,7 @@ def overlay_curves(loss: dict[str, np.ndarray], acc: dict[str, np.ndarray], reac
     return fig
 
 
+@_titles_above_axes
 def accuracy_vs(x_name: str, series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> Figure:
     """Final val accuracy against a swept value (log x), one line per variant; series[label] =
     (x, mean, std over seeds, diverged) arrays of equal length; a red x marks a point where a run diverged."""
@@ -262,6 +283,7 @@ def accuracy_vs(x_name: str, series: dict[str, tuple[np.ndarray, np.ndarray, np.
     return fig
 
 
+@_titles_above_axes
 def gradient_norm_per_layer(series: dict[str, np.ndarray]) -> Figure:
     """The last epoch's gradient norm per hidden block (x: 1 = nearest the input; mean over seeds), one
     line per variant; series[label] is (layers,), so variants of different depths share the axes."""
