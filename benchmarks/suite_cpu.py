@@ -145,10 +145,11 @@ def main() -> None:
         seconds, pid, command = line.split("\t", 2)
         logged[int(pid)] = (float(seconds), command)
     by_group, count = defaultdict(float), defaultdict(int)
+    already_running = "already running: kernel threads, the machine's agents, this script"
     for (pid, _), (seconds, command, before) in sampler.used().items():
         seconds = max(seconds, logged.pop(pid, (0.0,))[0])
         if seconds >= 0.01:
-            group = "already running: kernel threads, the machine's agents, this script" if before else group_of(command)
+            group = already_running if before else group_of(command)
             by_group[group] += seconds
             count[group] += 1
     for seconds, command in logged.values():  # shorter than a sample

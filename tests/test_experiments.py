@@ -111,7 +111,8 @@ def test_no_two_presets_train_the_same_runs_in_make_answers():
     trained_by = {}  # the job's config without what names its preset (tracking, answers) -> preset
     for question in questions.QUESTIONS:
         for job in sweep_jobs(preset(question.preset).hydra.sweeper.params):
-            cfg = OmegaConf.to_container(compose("train", f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
+            cfg = OmegaConf.to_container(
+                compose("train", f"experiment={question.preset}", *question.shrink, *job, "seed=0"))
             for node in ("tracking", "answers"):
                 cfg.pop(node)
             key = json.dumps(cfg, sort_keys=True)
