@@ -2,13 +2,14 @@
 composing, before any data is loaded or run exists."""
 
 import pytest
+from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from normexp import train
 from normexp.config import schema
 from normexp.errors import ConfigError
-from tests.conftest import refusal
+from tests.conftest import CONF_DIR, compose, refusal
 
 OPTIONS = {"dataset": ["digits", "mnist", "fashion_mnist", "cifar10"], "model": ["mlp", "mlp_deep", "cnn", "cnn_modern", "seq"],
            "norm": ["none", "bn", "ln", "gn", "in", "bn_scratch", "ln_scratch"], "optim": ["adam", "adamw", "sgd"]}
@@ -43,3 +44,26 @@ def test_a_key_added_with_plus_is_refused_before_any_run(compose_cfg, experiment
 @pytest.mark.parametrize("override, key", [("optim.lrr=0.1", "optim.lrr"), ("norm.eps=abc", "norm.eps")])
 def test_the_command_line_refuses_before_any_store_exists(monkeypatch, tmp_path, override, key):
     assert key in refusal(train.main, monkeypatch, tmp_path, override)  # which checks that no store was created
+
+
+@pytest.mark.parametrize("overrides", [
+    ("norm=gn", "norm.num_groups=4", "optim.lr=0.1", "seed=3"),
+    ("experiment=depth", "model.depth=2", "dataset=digits", "trainer.max_epochs=1"),
+    ("+optim.lrr=0.1", "~trainer.deterministic", "optim.betas=[0.8,0.9]"),
+    ("norm.eps=abc",),
+    ("norm=none", "norm.eps=0.1"),
+])
+def test_the_tests_compose_as_hydra_compose_does(overrides):
+    """conftest's compose composes each config name and group options once and applies the values to a copy:
+    the same config as hydra.compose, schema types included, or the same error."""
+    def composed(compose_fn):
+        try:
+            cfg = compose_fn()
+        except ConfigCompositionException as error:
+            return str(error), str(error.__cause__)
+        return OmegaConf.to_yaml(cfg), {node: OmegaConf.get_type(cfg[node]) for node in cfg}
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        expected = composed(lambda: hydra_compose("train", overrides=list(overrides)))
+    assert composed(lambda: compose("train", *overrides)) == expected
+    assert composed(lambda: compose("train", *overrides)) == expected  # from the cache, unchanged by the first
