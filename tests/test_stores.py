@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 OPEN_AND_WRITE = """
 import sys
-from normexp.tracking import stores
-stores.use_wal(sys.argv[1])
-client = stores.Client(sys.argv[1])
+from omegaconf import OmegaConf
+from normexp.tracking import lifecycle
+client = lifecycle.connect(OmegaConf.create({"uri": sys.argv[1]}))  # as every command opens its store
 experiment = client.create_experiment(sys.argv[2])
 client.set_terminated(client.create_run(experiment).info.run_id)
 """
@@ -44,6 +44,27 @@ def test_a_new_store_opened_by_several_processes_at_once(tmp_path):
     for db in ("mlflow.db", "optuna.db"):
         with sqlite3.connect(tmp_path / db) as connection:
             assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked on a file lock (flock or fcntl) now."""
+    return any(line.split()[1] == "->" and f" {pid} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_store_is_put_in_wal_mode_in_its_turn_not_while_another_process_creates_it(tmp_path):
+    """Turning a file to WAL while another process holds its write lock (MLflow creating the tables) fails at
+    once: SQLite does not wait for that lock. Here this test is the creator, in its turn (one_at_a_time)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with stores.one_at_a_time(uri), sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None) as creator:
+        creator.execute("BEGIN IMMEDIATE")  # the write lock
+        opening = subprocess.Popen([sys.executable, "-c", OPEN_AND_WRITE, uri, "e"], stderr=subprocess.PIPE, text=True)
+        while opening.poll() is None and not waits_for_a_lock(opening.pid):  # its turn, or its failure
+            time.sleep(0.1)
+        creator.execute("COMMIT")
+    error = opening.communicate(timeout=300)[1]
+    assert opening.returncode == 0, error[-3000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog):

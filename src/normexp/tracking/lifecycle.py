@@ -67,9 +67,8 @@ def flat_params(cfg: TrainConfig) -> dict[str, str]:
 
 def connect(cfg: TrackingConfig) -> MlflowClient:
     """The client of the store (`stores.check` it first), after ending the runs of dead processes (`reap_expired`).
-    A SQLite store is put in WAL mode: readers and the one writer no longer block each other, which
-    parallel sweeps (joblib workers, lease renewals) need; it stays so (a property of the file)."""
-    stores.use_wal(stores.tracking_uri(cfg))
+    A SQLite store is in WAL mode (`stores.Client`): readers and the one writer no longer block each other,
+    which parallel sweeps (joblib workers, lease renewals) need; it stays so (a property of the file)."""
     try:
         client = stores.Client(stores.tracking_uri(cfg))
         reap_expired(client)

@@ -262,12 +262,16 @@ def one_at_a_time(url: str):
 
 class Client(MlflowClient):
     """MlflowClient whose writes to the database retry while a SQLite store stays locked (artifact
-    writes go to files, not to the database); the first in a process opens its store `one_at_a_time`."""
+    writes go to files, not to the database); the first in a process opens its store `one_at_a_time`, in
+    WAL mode (`use_wal`)."""
 
     def __init__(self, tracking_uri: str):
         if tracking_uri in _opened:
             return super().__init__(tracking_uri)
         with one_at_a_time(tracking_uri):
+            # In its turn: turning a file to WAL while another process writes to it (creating the tables)
+            # fails at once with 'database is locked', as SQLite does not wait for that lock.
+            use_wal(tracking_uri)
             super().__init__(tracking_uri)  # creates the store, and its tables if new
         _opened.add(tracking_uri)
 
