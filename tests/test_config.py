@@ -49,9 +49,10 @@ def test_the_command_line_refuses_before_any_store_exists(monkeypatch, tmp_path,
 @pytest.mark.parametrize("overrides", [
     ("norm=gn", "norm.num_groups=4", "optim.lr=0.1", "seed=3"),
     ("experiment=depth", "model.depth=2", "dataset=digits", "trainer.max_epochs=1"),
-    ("+optim.lrr=0.1", "~trainer.deterministic", "optim.betas=[0.8,0.9]"),
-    ("norm.eps=abc",),
-    ("norm=none", "norm.eps=0.1"),
+    ("+optim.lrr=0.1", "optim.betas=[0.8,0.9]"),
+    ("norm.eps=abc",),                    # the errors: a wrong type,
+    ("norm=none", "norm.eps=0.1"),        # a key the option lacks,
+    ("~trainer.deterministic",),          # a key of a schema deleted
 ])
 def test_the_tests_compose_as_hydra_compose_does(overrides):
     """conftest's compose composes each config name and group options once and applies the values to a copy:
