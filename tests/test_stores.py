@@ -67,6 +67,26 @@ def test_a_store_is_put_in_wal_mode_in_its_turn_not_while_another_process_create
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+TAKE_TURN = """
+import sys
+from normexp.tracking import stores
+with stores.one_at_a_time(sys.argv[1]):
+    print("inside", flush=True)
+"""
+
+
+def test_a_turn_leaves_no_lock_file_and_the_process_waiting_on_it_takes_the_next(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with stores.one_at_a_time(uri):
+        assert stores.lock_path(uri).exists()
+        waiting = subprocess.Popen([sys.executable, "-c", TAKE_TURN, uri], stdout=subprocess.PIPE, text=True)
+        while waiting.poll() is None and not waits_for_a_lock(waiting.pid):
+            time.sleep(0.1)
+        assert waiting.poll() is None  # on the file this turn removes as it ends
+    assert waiting.communicate(timeout=300)[0] == "inside\n" and waiting.returncode == 0
+    assert not stores.lock_path(uri).exists()
+
+
 def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     stores.use_wal(uri)

@@ -248,16 +248,36 @@ def retrying(write, after_lost_insert_race: bool = False):
     return call
 
 
+def lock_path(url: str) -> Path:
+    """The file whose lock is `url`'s turn (one_at_a_time)."""
+    return Path(tempfile.gettempdir()) / f"normexp-store-{hashlib.sha256(url.encode()).hexdigest()[:16]}.lock"
+
+
 @contextmanager
 def one_at_a_time(url: str):
     """While inside, no other process on this machine is inside for the same `url`. Two processes that
     open a new database at once would both create its tables and break each other's migrations (a
     parallel sweep's first jobs, two commands started together): they take turns, and the second finds
-    the tables made. (Across machines: create them first, e.g. `mlflow db upgrade <url>`.)"""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"normexp-store-{digest}.lock", "w") as lock:
+    the tables made. (Across machines: create them first, e.g. `mlflow db upgrade <url>`.)
+
+    The turn is a lock on a file in the temp folder, removed by its holder on leaving, so that one is not
+    left behind for every store ever opened. A process that was waiting on a removed file takes the turn
+    anew, on the file now at that path."""
+    path = lock_path(url)
+    while True:
+        lock = open(path, "a")
         fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break  # the file at the path: the turn is this process's
+        except FileNotFoundError:
+            pass  # its holder removed it while this process waited
+        lock.close()
+    try:
         yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes: whoever waits on this file sees it gone
+        lock.close()
 
 
 class Client(MlflowClient):
