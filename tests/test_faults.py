@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from normexp.tracking import lifecycle, stores
+from normexp.tracking import lifecycle, sharing
 from tests import servers
 from tests.mounts import remount_read_only, tmpfs
 
@@ -102,7 +102,7 @@ def test_a_tracking_server_stopped_mid_run_ends_the_command_and_the_next_one_end
     assert status == 1 and time.monotonic() - start < 60  # MLflow alone retries for minutes
     assert line.startswith(f"error: the tracking server {url} stopped answering (ConnectionError); the runs it could "
                            "not end stay RUNNING until the next normexp command on the store ends them KILLED")
-    store = stores.Client(backend)
+    store = sharing.Client(backend)
     assert store.get_run(run_id).info.status == "RUNNING"  # nothing could be written
     time.sleep(3)  # tracking.lease_s: the lease, no longer renewed, runs out
     assert lifecycle.reap_expired(store) == [run_id]  # what the next command does first

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from normexp.report import command as report_command
-from normexp.tracking import stores
+from normexp.tracking import sharing
 from tests.mounts import read_only_folder  # noqa: F401 (a fixture)
 
 
@@ -39,7 +39,7 @@ def test_a_store_that_cannot_be_read_is_refused(tmp_path, capsys):
 
 def test_unknown_run_ids_and_an_unwritable_out_are_refused(tmp_path, capsys, read_only_folder):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    stores.Client(uri).search_experiments()  # a real, empty MLflow store
+    sharing.Client(uri).search_experiments()  # a real, empty MLflow store
     assert refused(capsys, "--parent", "0123456789abcdef", "--tracking-uri", uri).startswith(
         "no run '0123456789abcdef' in")
     assert refused(capsys, "--compare-activations", "aaaa", "bbbb", "--tracking-uri", uri).startswith(

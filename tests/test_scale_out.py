@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from normexp import data
 from normexp.stable_lr import study as studies
-from normexp.tracking import inputs, stores
+from normexp.tracking import inputs, sharing
 from tests import servers
 from tests.conftest import NO_MODEL, compose
 
@@ -133,7 +133,7 @@ def test_a_dataset_another_process_inserts_first_is_linked_to_the_run(postgres, 
     """Two search workers log the same split at once: each looks for it, finds none, inserts it. Here the other
     process's insert is in the database, uncommitted, when this one looks: its insert waits on the key, then
     fails when the other commits; tried again, it finds the split."""
-    client = stores.Client(postgres[0])
+    client = sharing.Client(postgres[0])
     run_id = client.create_run(client.create_experiment("insert-race", artifact_location=tmp_path.as_uri())).info.run_id
     logged = inputs.datasets(data.load(compose("train").dataset, seed=0), "digits")
     first = logged[0].dataset

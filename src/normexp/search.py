@@ -23,7 +23,7 @@ from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
 from normexp.stable_lr import study as studies, workers
 from normexp.stable_lr.study import DECIDED
-from normexp.tracking import commands, lifecycle, progress, stores, sweep
+from normexp.tracking import commands, lifecycle, progress, sharing, stores, sweep
 from normexp.config.schema import SearchRunConfig, TrainConfig
 
 
@@ -90,7 +90,7 @@ def run(cfg: TrainConfig) -> dict:
     check(cfg)
     lifecycle.connect(cfg.tracking)  # first, runs whose process died end KILLED
     # The same command started twice on this machine at once: one creates the study's run, the other joins it.
-    with stores.one_at_a_time(f"{studies.storage_url(cfg)}#{studies.study_name(cfg)}"):
+    with sharing.one_at_a_time(f"{studies.storage_url(cfg)}#{studies.study_name(cfg)}"):
         study = studies.open_study(cfg)
         workers.fail_lost(study, cfg.tracking.lease_s)  # trials of a killed search: FAIL, their rates tried again
         client, parent_id = parent_run(cfg, study)

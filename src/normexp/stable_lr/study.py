@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from normexp.analysis.variants import variant_name
 from normexp.errors import ConfigError
 from normexp.stable_lr.bracket import bracket
-from normexp.tracking import lifecycle, stores
+from normexp.tracking import lifecycle, sharing, stores
 from normexp.config.schema import SearchRunConfig, TrainConfig
 
 UNSTABLE = -10.0  # objective of an unstable rate: below log10 of any rate worth searching
@@ -57,7 +57,7 @@ def open_study(cfg: SearchRunConfig) -> optuna.Study:
     """Create the study, or load it to resume it or to work on it beside the search workers already on
     it (their RUNNING trials are theirs; normexp.stable_lr.workers fails those whose worker is gone)."""
     name, url = study_name(cfg), storage_url(cfg)
-    study = optuna.create_study(storage=stores.optuna_storage(url), study_name=name, direction="maximize",
+    study = optuna.create_study(storage=sharing.optuna_storage(url), study_name=name, direction="maximize",
                                 load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=hydra.utils.instantiate(cfg.search.pruner))

@@ -38,7 +38,7 @@ from normexp import threads, train
 from normexp.stable_lr import study as studies
 from normexp.stable_lr.bracket import plan
 from normexp.stable_lr.study import DECIDED, UNSTABLE
-from normexp.tracking import commands, lifecycle, progress, run_names, stores
+from normexp.tracking import commands, lifecycle, progress, run_names, sharing
 from normexp.training.callbacks import TrialPruning
 from normexp.config.schema import SearchRunConfig, TrackingConfig, TrainConfig
 
@@ -182,7 +182,7 @@ def work(cfg: TrainConfig, parent_id: str, label: str = "") -> None:
     study = studies.open_study(cfg)
     client = lifecycle.client_and_experiment(cfg.tracking)[0]
     while True:
-        with stores.one_at_a_time(f"{studies.storage_url(cfg)}#{study.study_name}#plan"):  # this machine's workers
+        with sharing.one_at_a_time(f"{studies.storage_url(cfg)}#{study.study_name}#plan"):  # this machine's workers
             fail_lost(study, cfg.tracking.lease_s)
             phase, lr, running = next_step(study, cfg)
             trial = claim(study, cfg, phase, lr) if phase is not None else None

@@ -17,7 +17,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import OmegaConf
 
 from normexp.errors import ConfigError
-from normexp.tracking import run_names, source, stores
+from normexp.tracking import run_names, sharing, source, stores
 from normexp.config.schema import TrackingConfig, TrainConfig
 
 ERROR_ARTIFACT = "error.txt"  # the traceback of a FAILED run
@@ -37,7 +37,7 @@ def client_and_experiment(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     """The MLflow client for `cfg` (the tracking group) and the id of `cfg.experiment`, created if new.
     A new experiment is marked as model training (the UI then opens on runs, metrics and charts);
     `cfg.description` (a preset's question) becomes the experiment's description."""
-    client = stores.Client(stores.tracking_uri(cfg))
+    client = sharing.Client(stores.tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=stores.artifact_root(cfg),
@@ -67,10 +67,10 @@ def flat_params(cfg: TrainConfig) -> dict[str, str]:
 
 def connect(cfg: TrackingConfig) -> MlflowClient:
     """The client of the store (`stores.check` it first), after ending the runs of dead processes (`reap_expired`).
-    A SQLite store is in WAL mode (`stores.Client`): readers and the one writer no longer block each other,
+    A SQLite store is in WAL mode (`sharing.Client`): readers and the one writer no longer block each other,
     which parallel sweeps (joblib workers, lease renewals) need; it stays so (a property of the file)."""
     try:
-        client = stores.Client(stores.tracking_uri(cfg))
+        client = sharing.Client(stores.tracking_uri(cfg))
         reap_expired(client)
     except MlflowException as error:  # e.g. an unknown scheme, or a plain path (MLflow 3 refuses file stores)
         raise ConfigError(f"tracking.uri={stores.tracking_uri(cfg)}: {str(error).strip().splitlines()[0]}; use "

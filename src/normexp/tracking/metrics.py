@@ -8,7 +8,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers import MLFlowLogger
 
-from normexp.tracking import stores
+from normexp.tracking import sharing, stores
 from normexp.config.schema import TrackingConfig
 
 
@@ -19,7 +19,7 @@ class MetricsLogger(MLFlowLogger):
     def __init__(self, tracking_cfg: TrackingConfig, run_id: str):
         super().__init__(experiment_name=tracking_cfg.experiment, tracking_uri=stores.tracking_uri(tracking_cfg),
                          run_id=run_id)
-        self._mlflow_client = stores.Client(stores.tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
+        self._mlflow_client = sharing.Client(stores.tracking_uri(tracking_cfg))  # its writes, too, outlast a locked store
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         # Lightning adds its own "epoch" counter (at the global step) to every write: our metrics are
