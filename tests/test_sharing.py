@@ -98,7 +98,7 @@ def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog)
     holder = threading.Thread(target=hold_the_write_lock)
     holder.start()
     locked.wait()
-    with caplog.at_level(logging.WARNING, logger="normexp.tracking.stores"):
+    with caplog.at_level(logging.WARNING, logger="normexp.tracking.sharing"):
         client.set_tag(run_id, "written", "after the lock")
     holder.join()
     assert "MLflow store locked during set_tag" in caplog.text

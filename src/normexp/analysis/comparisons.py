@@ -183,7 +183,8 @@ def batch_size_table(variants: list[Variant], keys: list[str]) -> Table:
         diverged = sum(r.diverged for r in runs)
         base = reference.get(next(v.label(others) for v in variants if v.runs is runs))
         change = differences(paired(base, runs), error) if base is not None and base is not runs else []
-        extras = ([f"{paired_cell(change, 0)} vs 128"] if change else []) + ([f"{diverged} diverged"] if diverged else [])
+        extras = (([f"{paired_cell(change, 0)} vs 128"] if change else [])
+                  + ([f"{diverged} diverged"] if diverged else []))
         return text + (f" ({', '.join(extras)})" if extras else "")
 
     header, rows, _ = _pivot(variants, keys, "dataset.batch_size", cell)
@@ -209,7 +210,8 @@ def pivot_table(variants: list[Variant], keys: list[str], row_key: str) -> Table
     (final val acc) and the epoch val accuracy reaches the target."""
     def cell(runs):
         reached = _epochs_to_target(runs)
-        return verdict(runs, with_acc=True) + (", target not reached" if reached == "not reached" else f", epoch {reached}")
+        reached_at = ", target not reached" if reached == "not reached" else f", epoch {reached}"
+        return verdict(runs, with_acc=True) + reached_at
 
     header, rows, _ = _pivot(variants, keys, row_key, cell)
     return Table(f"by_{column(row_key)}", f"By {column(row_key)}: converged? (final val acc), epochs to target",

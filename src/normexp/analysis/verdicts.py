@@ -139,7 +139,8 @@ def batch_size(runs: list[RunData]) -> Verdict:
     parts = {}
     for model in sorted({r.params["model.name"] for r in runs}):
         for kind in ("bn", "ln", "gn"):
-            at = {b: _runs(runs, {"model.name": model, "norm.kind": kind, "dataset.batch_size": b}) for b in (small, 128)}
+            at = {b: _runs(runs, {"model.name": model, "norm.kind": kind, "dataset.batch_size": b})
+                  for b in (small, 128)}
             if at[small] and at[128]:
                 parts[f"{model} {kind} degrades"] = judge(claim, _diffs(at[128], at[small], _final_acc))  # error: 1 - acc
     return combine(parts)

@@ -39,9 +39,12 @@ class Answer:
 
 QUESTIONS = [
     Question("convergence", "BN trains 2-10x faster", ["trainer.max_epochs=15"], verdicts.convergence),
-    Question("lr_tolerance", "BN tolerates 10-100x higher learning rates", ["trainer.max_epochs=3"], verdicts.lr_tolerance),
-    Question("placement", "BN before the activation trains better than after it", ["trainer.max_epochs=5"], verdicts.placement),
-    Question("norms", "every normalization makes the MLP reach the target faster", ["trainer.max_epochs=10"], verdicts.norms),
+    Question("lr_tolerance", "BN tolerates 10-100x higher learning rates", ["trainer.max_epochs=3"],
+             verdicts.lr_tolerance),
+    Question("placement", "BN before the activation trains better than after it", ["trainer.max_epochs=5"],
+             verdicts.placement),
+    Question("norms", "every normalization makes the MLP reach the target faster", ["trainer.max_epochs=10"],
+             verdicts.norms),
     Question("norms_cnn", "every normalization helps a CNN (higher final val accuracy), BN most", ["trainer.max_epochs=1"],
              verdicts.norms_cnn),
     Question("cnn", "BN helps a small CNN trained on little data", ["trainer.max_epochs=5"], verdicts.cnn),

@@ -80,17 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", choices=[q.preset for q in [*QUESTIONS, SEARCH]],
                         help="these presets only (stable_lr: the search)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every preset (default %(default)s)")
-    parser.add_argument("--max-seeds", type=int, default=20, help="the cap on the seeds added once (default %(default)s)")
+    parser.add_argument("--max-seeds", type=int, default=20,
+                        help="the cap on the seeds added once (default %(default)s)")
     parser.add_argument("--budget", type=float, default=120,
                         help="minutes: seeds are added only while their estimated time fits (default %(default)s)")
-    parser.add_argument("--jobs", type=int, default=threads.cpus(), help="runs at once (default: one per CPU, %(default)s)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more override for every preset")
+    parser.add_argument("--jobs", type=int, default=threads.cpus(),
+                        help="runs at once (default: one per CPU, %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override for every preset")
     parser.add_argument("--from-runs", action="store_true",
                         help="train nothing: judge each preset's newest finished sweeps in the store again")
     parser.add_argument("--tracking-uri", default=stores.default_tracking_uri())
     parser.add_argument("--optuna-storage", default=None, help="the search's Optuna storage (default: its own)")
     parser.add_argument("--readme", type=Path, default=stores.PROJECT_ROOT / "README.md")
-    parser.add_argument("--docs", type=Path, default=DOCS, help="the folder of answers.md and answers/ (default: docs/)")
+    parser.add_argument("--docs", type=Path, default=DOCS,
+                        help="the folder of answers.md and answers/ (default: docs/)")
     args = parser.parse_args(argv)
     questions = [q for q in [*QUESTIONS, SEARCH] if not args.only or q.preset in args.only]
     page.split_readme(args.readme)  # a README without the markers is refused now, not after the sweeps
