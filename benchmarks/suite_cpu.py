@@ -13,6 +13,11 @@ agents) count what they used during it. The rest of the machine's busy CPU over 
 process, so the machine must be otherwise idle) is the last row. The suite's getrusage (its waited-for
 descendants) is printed beside it: it misses the processes that no ancestor waits for (the search's
 forkserver and the workers it forks, servers left to end on their own).
+
+Last, the CPUs left idle: a pytest plugin (`-p suite_timeline`, written beside sitecustomize.py) notes when
+each test starts and ends, and the sampler reads the machine's idle time (/proc/stat) at each sample. Each
+sample's idle CPU-seconds are shared among the tests running then: the tests that wait (on a lock, a
+server, a lease) while the other worker's processes do not fill both CPUs.
 """
 
 import argparse
@@ -61,14 +66,27 @@ GROUPS = [
     ("SLURM's and munge's daemons", r"slurmctld|slurmd|slurmstepd|munged"),
     ("Chromium (the browser test)", r"chromium|playwright"),
 ]
+# Written beside it and loaded by `-p suite_timeline`: each test's worker, start and end (wall clock), node id.
+TIMELINE = """
+import os, time, pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    started = time.time()
+    yield
+    with open(os.environ["SUITE_TIMELINE_LOG"], "a") as log:
+        log.write(f"{started:.3f}\\t{time.time():.3f}\\t{item.nodeid}\\n")
+"""
+IDLE_TESTS_SHOWN = 12
 SAMPLE_EVERY_S = 0.5  # a scan of /proc costs ~5 ms of this process's CPU
 
 
-def machine_busy_s() -> float:
-    """CPU seconds every process of the machine has used since boot: /proc/stat's first line, less idle and
-    iowait."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def machine_busy_and_idle_s() -> tuple[float, float]:
+    """CPU seconds every process of the machine has used since boot, and those its CPUs sat idle (idle and
+    iowait): /proc/stat's first line."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, (idle + iowait) / tick
 
 
 def group_of(command: str) -> str:
@@ -101,9 +119,11 @@ class Sampler(threading.Thread):
         self.before = processes_cpu_s()  # what those already running had used
         self.last = dict(self.before)    # each process's last reading: CPU time only grows
         self.stop = threading.Event()
+        self.idle = [(time.time(), machine_busy_and_idle_s()[1])]  # (wall clock, machine idle s since boot)
 
     def run(self) -> None:
         while not self.stop.wait(SAMPLE_EVERY_S):
+            self.idle.append((time.time(), machine_busy_and_idle_s()[1]))
             for key, (cpu_s, command) in processes_cpu_s().items():
                 if command.startswith("[") and key in self.last:  # an exiting process's command line is empty
                     command = self.last[key][1]
@@ -115,6 +135,18 @@ class Sampler(threading.Thread):
                 for key, (cpu_s, command) in self.last.items()}
 
 
+def idle_by_test(idle: list[tuple[float, float]], tests: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Test id -> the idle CPU-seconds of the samples taken while it ran, each sample's shared among the tests
+    running at its middle; "(no test)" for the suite's start and end."""
+    blamed = defaultdict(float)
+    for (start, idle_before), (end, idle_after) in zip(idle, idle[1:]):
+        middle = (start + end) / 2
+        running = [name for began, ended, name in tests if began <= middle <= ended] or ["(no test)"]
+        for name in running:
+            blamed[name] += (idle_after - idle_before) / len(running)
+    return blamed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (make test's TEST_WORKERS)")
@@ -123,19 +155,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "sitecustomize.py").write_text(LOGGER)
-        log = Path(folder, "cpu.log")
-        env = os.environ | {"SUITE_CPU_LOG": str(log),
+        Path(folder, "suite_timeline.py").write_text(TIMELINE)
+        log, timeline = Path(folder, "cpu.log"), Path(folder, "timeline.log")
+        env = os.environ | {"SUITE_CPU_LOG": str(log), "SUITE_TIMELINE_LOG": str(timeline),
                             "PYTHONPATH": os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))}
         sampler = Sampler()
         sampler.start()
-        started, busy_before = time.monotonic(), machine_busy_s()
+        started, (busy_before, idle_before) = time.monotonic(), machine_busy_and_idle_s()
         done = subprocess.run([sys.executable, "-m", "pytest", "-n", str(args.workers), "--dist", "worksteal", "-q",
-                               *pytest_args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        wall_s, busy_s = time.monotonic() - started, machine_busy_s() - busy_before
+                               "-p", "suite_timeline", *pytest_args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              text=True)
+        wall_s = time.monotonic() - started
+        busy_s, idle_s = (now - before for now, before in zip(machine_busy_and_idle_s(), (busy_before, idle_before)))
         sampler.stop.set()
         sampler.join()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         lines = log.read_text().splitlines() if log.exists() else []
+        tests = [(float(began), float(ended), name) for began, ended, name in
+                 (line.split("\t", 2) for line in timeline.read_text().splitlines())] if timeline.exists() else []
     if args.log:
         args.log.write_text("".join(f"{line}\n" for line in lines))
 
@@ -168,6 +205,13 @@ def main() -> None:
               f"{by_group[name] / count[name]:7.1f}  {name}")
     print(f"{busy_s - seen_s:7.0f} {100 * (busy_s - seen_s) / busy_s:5.0f}% {'':>6} {'':>7}  "
           "not seen: processes shorter than a sample that are not Python, the kernel's own work")
+
+    blamed = idle_by_test(sampler.idle, tests)
+    print(f"\nThe CPUs sat idle {idle_s:.0f} s of {os.cpu_count() * wall_s:.0f} s ({os.cpu_count()} CPUs x wall), "
+          f"{idle_s / os.cpu_count():.0f} s of wall time if both had been kept busy. While these tests ran:\n")
+    print(f"{'idle s':>7}  test")
+    for name in sorted(blamed, key=blamed.get, reverse=True)[:IDLE_TESTS_SHOWN]:
+        print(f"{blamed[name]:7.1f}  {name}")
     sys.exit(done.returncode)
 
 
