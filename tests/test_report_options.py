@@ -1,5 +1,6 @@
-"""normexp.report's own options: a store it cannot read, an unknown run id, an --out it cannot write are
-refused in one line (argparse's `prog: error: ...`, exit status 2) before anything is read or written."""
+"""normexp.report's own options: a store it cannot read, an unknown run id, an --out it cannot write, a
+server timeout not above 0 are refused in one line (argparse's `prog: error: ...`, exit status 2) before
+anything is read or written."""
 
 import socket
 import time
@@ -32,9 +33,12 @@ def test_a_store_that_cannot_be_read_is_refused(tmp_path, capsys):
         silent.listen()
         server = f"http://127.0.0.1:{silent.getsockname()[1]}"
         start = time.monotonic()
-        assert refused(capsys, "--experiment", "x", "--tracking-uri", server).startswith(
-            f"--tracking-uri={server} does not answer within 5 s (timed out)")
-        assert time.monotonic() - start < 15
+        assert refused(capsys, "--experiment", "x", "--tracking-uri", server, "--server-timeout-s", "0.5").startswith(
+            f"--tracking-uri={server} does not answer within 0.5 s (timed out)")
+        assert time.monotonic() - start < 5
+    for bad in ("0", "-1", "nan"):
+        assert refused(capsys, "--experiment", "x", "--tracking-uri", missing, "--server-timeout-s", bad) == (
+            f"--server-timeout-s {float(bad):g} is refused: it must be above 0, e.g. 30")
 
 
 def test_unknown_run_ids_and_an_unwritable_out_are_refused(tmp_path, capsys, read_only_folder):

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --experiment: only runs matching it, e.g. \"tags.norm = 'bn'\"")
     parser.add_argument("--layer", default="hidden1", help="with --compare-activations (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=stores.default_tracking_uri(), help="default: %(default)s")
+    parser.add_argument("--server-timeout-s", type=float, default=stores.tracking_defaults().server_timeout_s,
+                        metavar="SECONDS", help="how long a tracking server may take to answer (default: "
+                                                "%(default)g, as tracking.server_timeout_s)")
     parser.add_argument("--out", type=Path, help="folder for the files (default: reports/<parent run id, "
                                                  "experiment or compared runs>/ in the project)")
     return parser
@@ -50,7 +53,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 def _write(args) -> list[Path]:
-    stores.check_to_read(args.tracking_uri, "--tracking-uri", stores.tracking_defaults().server_timeout_s)
+    if not args.server_timeout_s > 0:  # also NaN
+        raise ConfigError(f"--server-timeout-s {args.server_timeout_s:g} is refused: it must be above 0, e.g. 30")
+    stores.check_to_read(args.tracking_uri, "--tracking-uri", args.server_timeout_s)
     if args.out:
         stores.check_writable(args.out, "--out", str(args.out), "--out /tmp/report")
     client = MlflowClient(args.tracking_uri)
