@@ -66,7 +66,7 @@ GROUPS = [
     ("SLURM's and munge's daemons", r"slurmctld|slurmd|slurmstepd|munged"),
     ("Chromium (the browser test)", r"chromium|playwright"),
 ]
-# Written beside it and loaded by `-p suite_timeline`: each test's worker, start and end (wall clock), node id.
+# Written beside it and loaded by `-p suite_timeline`: each test's start and end (wall clock) and node id.
 TIMELINE = """
 import os, time, pytest
 
@@ -208,7 +208,7 @@ def main() -> None:
 
     blamed = idle_by_test(sampler.idle, tests)
     print(f"\nThe CPUs sat idle {idle_s:.0f} s of {os.cpu_count() * wall_s:.0f} s ({os.cpu_count()} CPUs x wall), "
-          f"{idle_s / os.cpu_count():.0f} s of wall time if both had been kept busy. While these tests ran:\n")
+          f"{idle_s / os.cpu_count():.0f} s of wall time had they all been kept busy. While these tests ran:\n")
     print(f"{'idle s':>7}  test")
     for name in sorted(blamed, key=blamed.get, reverse=True)[:IDLE_TESTS_SHOWN]:
         print(f"{blamed[name]:7.1f}  {name}")
