@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -179,6 +180,43 @@ def test_ctrl_c_in_a_joblib_search_sweep_fails_the_trials_and_kills_the_runs(tmp
         # either way no rate is left claimed.
         workers.fail_lost(study, lease_s=60)
         assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of each process whose parent is `pid`."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return found
+
+
+# A terminal's Ctrl-C (SIGINT to every process of the command), or `kill` of the search process alone.
+@pytest.mark.parametrize("signum, line", [(-signal.SIGINT, "interrupted: its runs ended KILLED"), (signal.SIGTERM, None)])
+def test_a_signal_while_the_workers_forkserver_imports_ends_the_search_and_no_worker_trains(
+        tmp_path, tracking_uri, experiment_runs, experiment_name, signum, line):
+    # The workers' forkserver imports the training stack (~3 s) before it ignores SIGINT itself. A Ctrl-C then
+    # ended it with a KeyboardInterrupt traceback under the command's line; a SIGTERM to the search alone left it
+    # to fork the worker the search had asked for, which trained after the search had ended
+    # (stable_lr/forkserver_sigint.py, workers._worker_process).
+    process = start("normexp.search", "norm=bn", "search.workers=2", "search.epochs=1", "search.seeds=1",
+                    "search.lr_min=0.01", "search.lr_max=0.1", "search.resolution=10", "trainer.progress_bar=false",
+                    NO_MODEL, f"search.storage=sqlite:///{tmp_path}/optuna.db", f"tracking.uri={tracking_uri}",
+                    f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)
+
+    def forkserver() -> int | None:
+        return next((pid for pid, command in children(process.pid).items() if "multiprocessing.forkserver" in command),
+                    None)
+
+    wait_until(process, lambda: forkserver() is not None)
+    assert not any(children(pid) for pid in children(process.pid))  # no worker yet: the forkserver still imports
+    assert stop(process, signum) == 128 + abs(signum)
+    # Read to its end, which the forkserver and any worker it forked hold open too.
+    assert process.stderr.read().strip().splitlines() == ([line] if line else [])
+    assert [r.info.status for r in experiment_runs()] == ["KILLED"]  # the study's run; no trial began
 
 
 def test_the_search_callback_works_in_a_single_run_too(tmp_path, tracking_uri, experiment_name):

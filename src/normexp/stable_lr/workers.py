@@ -22,7 +22,10 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
+import signal
 import socket
 import sys
 import threading
@@ -55,10 +58,13 @@ def worker_id() -> str:
 def _process_gone(worker: str) -> bool:
     """Whether the worker "host:pid" ran on this machine and its process has ended."""
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
+    return host == socket.gethostname() and pid.isdigit() and _ended(int(pid))
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` of this machine has ended."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
@@ -206,6 +212,10 @@ def next_step(study: optuna.Study, cfg: SearchRunConfig) -> tuple[str | None, fl
 
 
 def _worker_process(cfg: SearchRunConfig, parent_id: str, index: int, jobs_at_once: int) -> None:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_DFL:  # the forkserver's, set by forkserver_sigint
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _ended(multiprocessing.parent_process().pid):
+        return  # a SIGTERM ended the search while the forkserver was importing, before this worker was forked
     commands.freeze_imports()
     threads.use(jobs_at_once)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not once per worker: "Using an existing study"
@@ -230,6 +240,17 @@ def run(cfg: SearchRunConfig, parent_id: str) -> None:
         lifecycle.end_run(client, lost.info.run_id, "KILLED")
 
 
+def _start_forkserver() -> None:
+    """Starts the forkserver, unless it runs, with SIGINT blocked, which it keeps through exec: a Ctrl-C before it
+    has imported forkserver_sigint waits until then. Only this thread blocks it, and only meanwhile."""
+    multiprocessing.resource_tracker.ensure_running()  # first: starting it unblocks SIGINT (SIG_UNBLOCK)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _run_processes(cfg: SearchRunConfig, parent_id: str) -> None:
     jobs_at_once = threads.sweep_jobs_at_once() * cfg.search.workers  # a joblib sweep of searches: theirs too
     # Each worker is forked from a server process that imported the training stack once, before any
@@ -237,7 +258,8 @@ def _run_processes(cfg: SearchRunConfig, parent_id: str) -> None:
     # threads): the workers start in a fraction of a second, where a spawned interpreter each imported
     # torch, Lightning and MLflow again (~6 s of CPU a worker, docs/performance.md).
     forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload([__name__])
+    forkserver.set_forkserver_preload(["normexp.stable_lr.forkserver_sigint", __name__])  # in this order
+    _start_forkserver()
     processes = [forkserver.Process(target=_worker_process, args=(cfg, parent_id, index, jobs_at_once),
                                     name=f"search worker {index}") for index in range(cfg.search.workers)]
     for process in processes:
