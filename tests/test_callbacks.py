@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from normexp import data, probes, train
+from normexp import data, train
 from normexp.analysis import histograms
 from normexp.errors import ConfigError
 
