@@ -83,8 +83,7 @@ def test_a_turn_leaves_no_lock_file_and_the_process_waiting_on_it_takes_the_next
 
 def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sharing.use_wal(uri)
-    client = sharing.Client(uri)
+    client = sharing.Client(uri)  # in WAL mode
     run_id = client.create_run(client.create_experiment("e")).info.run_id
     locked = threading.Event()
 
@@ -107,8 +106,7 @@ def test_a_write_outlasts_a_lock_held_longer_than_mlflow_waits(tmp_path, caplog)
 
 def test_a_ctrl_c_during_a_write_arrives_after_it_and_leaves_the_store_unlocked(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sharing.use_wal(uri)
-    client = sharing.Client(uri)
+    client = sharing.Client(uri)  # in WAL mode
     run_id = client.create_run(client.create_experiment("e")).info.run_id
     locked, written = threading.Event(), threading.Event()
 
