@@ -55,6 +55,8 @@ GROUPS = [
     ("joblib (loky) workers", r"loky\.backend\.popen"),
     # The workers it forks keep its command line; they end with os._exit, before any log line (sampled).
     ("search workers and their forkservers", r"multiprocessing\.forkserver"),
+    # The commands it forks keep its command line (tests/forked.py).
+    ("tests' command servers and the commands they fork", r"forked\.serve"),
     ("python -m normexp.train -m (multiruns)", r"-m normexp\.train -m "),
     ("python -m normexp.train (single runs, refusals)", r"-m normexp\.train "),
     ("python -m normexp.search", r"-m normexp\.search "),

@@ -17,6 +17,7 @@ from normexp.config import schema
 from normexp.models import networks
 from normexp.tracking import sweep
 from normexp.tracking.stores import PROJECT_ROOT
+from tests import forked
 
 from .conftest import CONF_DIR, NO_MODEL, compose
 
@@ -72,11 +73,11 @@ def test_every_job_of_a_preset_composes_and_builds_on_its_data_set_and_on_digits
 def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, norms, models, tmp_path, tracking_uri,
                                                                  experiment_name, experiment_runs, mlflow_client):
     # No -m: the preset itself makes it a multirun.
-    done = subprocess.run(
-        [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
-         "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={tracking_uri}",
-         f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = forked.run(
+    [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
+     "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={tracking_uri}",
+     f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
+    cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = experiment_runs()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

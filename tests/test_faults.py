@@ -12,15 +12,15 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from normexp.tracking import lifecycle, sharing
-from tests import servers
+from tests import forked, servers
 from tests.mounts import remount_read_only, tmpfs
 
 QUIET = ["probes.enabled=false", "trainer.progress_bar=false"]
 
 
 def train(tmp_path: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "normexp.train", *QUIET, f"hydra.run.dir={tmp_path}/out",
-                             *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return forked.Popen([sys.executable, "-m", "normexp.train", *QUIET, f"hydra.run.dir={tmp_path}/out",
+                         *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def ended(process: subprocess.Popen, timeout_s: float = 300) -> tuple[int, str]:

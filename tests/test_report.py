@@ -17,6 +17,7 @@ from normexp import report
 from normexp.report import command as report_command
 from normexp.sweep_report import SweepReport
 from normexp.tracking.sweep import PARENT_RUN_FILE
+from tests import forked
 
 from .conftest import CONF_DIR, NO_MODEL
 
@@ -29,12 +30,12 @@ LRS = ("0.01", "1.0")
 def run_sweep(folder: Path) -> None:
     """The lr_tolerance preset shrunk on digits: none/bn x 2 learning rates x 2 seeds, 3 epochs, one multirun
     in a store of its own in `folder`, its stdout in folder/stdout.txt."""
-    done = subprocess.run(
-        [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
-         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
-         f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.experiment=report_sweep",
-         f"hydra.sweep.dir={folder}/sweep"],
-        cwd=folder, capture_output=True, text=True, timeout=600)
+    done = forked.run(
+    [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
+     f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
+     f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.experiment=report_sweep",
+     f"hydra.sweep.dir={folder}/sweep"],
+    cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (folder / "stdout.txt").write_text(done.stdout)
 

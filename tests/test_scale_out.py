@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from normexp import data
 from normexp.stable_lr import study as studies
 from normexp.tracking import inputs, sharing
-from tests import servers
+from tests import forked, servers
 from tests.conftest import NO_MODEL, compose
 
 TINY_SWEEP = ["trainer.max_epochs=1", "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL]
@@ -80,11 +80,11 @@ def check_search(client: MlflowClient, experiment: str, storage: str, stdout: st
 def test_joblib_sweep_reports_the_jobs_that_finished_when_one_fails(tmp_path, tracking_uri, experiment_name,
                                                                     mlflow_client):
     # Two jobs fail when they meet their data (a value out of its config domain would stop the sweep before any job).
-    done = subprocess.run(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
-                                  "dataset.train_size=256,100000", *TINY_SWEEP, f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-                                  f"hydra.sweep.dir={tmp_path}/sweep"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})  # the jobs' own policy
+    done = forked.run(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
+                              "dataset.train_size=256,100000", *TINY_SWEEP, f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                              f"hydra.sweep.dir={tmp_path}/sweep"),
+                      cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                      env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})  # the jobs' own policy
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: dataset.train_size=100000 is out of range")
     parent, children = sweep_runs(mlflow_client, experiment_name)
@@ -111,13 +111,13 @@ def run_sweep_and_search_at_once(tracking: str, storage: str, folder: Path, name
     common = [f"tracking.uri={tracking}"]
     if not tracking.startswith("http"):
         common.append(f"tracking.artifact_root={folder}/artifacts")
-    sweep = subprocess.Popen(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
-                                     *TINY_SWEEP, *common, f"tracking.experiment={name}-sweep", f"hydra.sweep.dir={folder}/sweep"),
-                             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    search = subprocess.Popen(command("search", "norm=bn", *TINY_SEARCH, *common, f"tracking.experiment={name}-search",
-                                      f"search.study_name={name}-search", f"search.storage={storage}",
-                                      f"hydra.run.dir={folder}/search"),
-                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = forked.Popen(command("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=bn,none",
+                                 *TINY_SWEEP, *common, f"tracking.experiment={name}-sweep", f"hydra.sweep.dir={folder}/sweep"),
+                         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    search = forked.Popen(command("search", "norm=bn", *TINY_SEARCH, *common, f"tracking.experiment={name}-search",
+                                  f"search.study_name={name}-search", f"search.storage={storage}",
+                                  f"hydra.run.dir={folder}/search"),
+                          cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return finish(sweep)[0], finish(search)[0]
 
 
@@ -161,11 +161,11 @@ def test_parallel_sweep_and_search_workers_through_mlflow_server_on_postgresql(p
 
 
 def test_sweep_runs_as_slurm_jobs(slurm_env, tmp_path, tracking_uri, experiment_name, mlflow_client):
-    done = subprocess.run(command("train", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
-                                  "hydra.launcher.cpus_per_task=1", "norm=bn,none", *TINY_SWEEP,
-                                  f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-                                  f"hydra.sweep.dir={tmp_path}/sweep"),
-                          cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
+    done = forked.run(command("train", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                              "hydra.launcher.cpus_per_task=1", "norm=bn,none", *TINY_SWEEP,
+                              f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+                              f"hydra.sweep.dir={tmp_path}/sweep"),
+                      cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # The jobs' own lines went to their SLURM logs (submitit's folder, named by SLURM job id).
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from normexp import search
 from normexp.errors import ConfigError
 from normexp.stable_lr import bracket, study as studies
+from tests import forked
 from tests.conftest import NO_MODEL, compose_search, refusal
 
 VENV_BIN = Path(sys.executable).parent
@@ -151,8 +152,8 @@ def test_killed_search_resumes_without_repeating_or_losing_trials(tracking_uri, 
                      f"hydra.run.dir={tmp_path}/outputs")
     cfg = compose_search(*args)
     name = studies.study_name(cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    proc = forked.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     try:
         deadline, done = time.monotonic() + 240, []
         while not done and time.monotonic() < deadline and proc.poll() is None:
@@ -231,8 +232,8 @@ def test_multirun_logs_the_cross_variant_table_to_the_sweep_parent(tracking_uri,
     # Grid 0.1, 0.01 and stop at a factor-10 bracket: two 1-epoch trials per variant.
     args = overrides(tracking_uri, experiment_name, f"sqlite:///{tmp_path}/optuna.db", "search.lr_min=0.01",
                      "search.lr_max=0.1", "search.resolution=10", f"hydra.sweep.dir={tmp_path}/sweep")
-    out = subprocess.run([sys.executable, "-m", "normexp.search", "-m", "norm=bn,none", *args], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    out = forked.run([sys.executable, "-m", "normexp.search", "-m", "norm=bn,none", *args], cwd=tmp_path,
+                     capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr[-3000:]
     runs = runs_of(mlflow_client, experiment_name)
     (sweep,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -15,12 +15,13 @@ import pytest
 
 from normexp.stable_lr import workers
 from normexp.tracking import commands, progress, sweep
+from tests import forked
 from tests.conftest import NO_MODEL
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "normexp.train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return forked.run([sys.executable, "-m", "normexp.train", *args], cwd=cwd, capture_output=True, text=True,
+                      timeout=600)
 
 
 def test_design_card_multirun_makes_one_parent_and_six_children(tmp_path, tracking_uri, mlflow_client, experiment_runs,
@@ -83,13 +84,12 @@ def test_a_jobs_line_is_one_write_where_stdout_writes_through(monkeypatch):
 
 def start(module: str, *args: str, cwd) -> subprocess.Popen:
     # A process started in the background by a non-interactive shell ignores SIGINT, and so would
-    # this child: restore the default handler, or Python never raises KeyboardInterrupt. Its own
+    # this child: restore_sigint, or Python never raises KeyboardInterrupt. Its own
     # session: a SIGINT to its process group is what a terminal's Ctrl-C sends (joblib's workers too).
     # PYTHONFAULTHANDLER: a SIGABRT prints every thread's stack (what `stop` shows of a process that hangs).
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return forked.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True, start_new_session=True,
+                        env={**os.environ, "PYTHONFAULTHANDLER": "1"}, restore_sigint=True)
 
 
 def wait_until(process, condition, timeout_s: float = 240) -> None:
@@ -221,11 +221,11 @@ def test_a_signal_while_the_workers_forkserver_imports_ends_the_search_and_no_wo
 
 def test_the_search_callback_works_in_a_single_run_too(tmp_path, tracking_uri, experiment_name):
     # Hydra calls a single run's on_job_end as well; the search's sweep callback must not fail there.
-    done = subprocess.run(
-        [sys.executable, "-m", "normexp.search", "norm=bn", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
-         "search.lr_max=0.1", "search.resolution=10", f"search.storage=sqlite:///{tmp_path}/optuna.db",
-         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = forked.run(
+    [sys.executable, "-m", "normexp.search", "norm=bn", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
+     "search.lr_max=0.1", "search.resolution=10", f"search.storage=sqlite:///{tmp_path}/optuna.db",
+     f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
+    cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr
     assert "max stable lr" in done.stdout

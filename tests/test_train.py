@@ -12,6 +12,7 @@ from normexp import train
 from normexp.analysis import histograms
 from normexp.errors import ConfigError
 from normexp.training import checkpoints
+from tests import forked
 from tests.conftest import refusal
 
 MODELS = ("mlp", "mlp_deep", "cnn", "cnn_modern")
@@ -165,9 +166,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_identical_metrics(compose
     # draws from the global RNG, which the checkpoint carries too.
     same = ["trainer.max_epochs=4", "dataset.batch_size=8", "dataset.train_size=512", "model.dropout=0.2",
             "tracking.heartbeat_s=0.5", "tracking.lease_s=1.5", "trainer.progress_bar=false"]
-    process = subprocess.Popen([sys.executable, "-m", "normexp.train", *same, f"tracking.uri={tracking_uri}",
-                                f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = forked.Popen([sys.executable, "-m", "normexp.train", *same, f"tracking.uri={tracking_uri}",
+                            f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (runs := experiment_runs()) or len(mlflow_client.get_metric_history(runs[0].info.run_id, "val/acc")) < 2:

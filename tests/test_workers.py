@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from normexp import search
 from normexp.stable_lr import study as studies, workers
+from tests import forked
 from tests.conftest import NO_MODEL, compose_search
 
 
@@ -54,8 +55,8 @@ def test_a_worker_killed_mid_trial_loses_only_its_trial(tmp_path, tracking_uri, 
             f"hydra.run.dir={tmp_path}/out"]
     name = studies.study_name(compose_search(*args))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the workers' own thread policy
-    search = subprocess.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, text=True, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    search = forked.Popen([sys.executable, "-m", "normexp.search", *args], cwd=tmp_path, text=True, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         victim, deadline = None, time.monotonic() + 240
         while victim is None:
@@ -113,8 +114,8 @@ def test_the_same_search_run_twice_at_once_shares_the_study_and_its_run(tmp_path
             "search.resolution=2", f"search.storage={storage}", f"tracking.uri={tracking_uri}",
             f"tracking.experiment={experiment_name}", "trainer.progress_bar=false"]
     name = studies.study_name(compose_search(*args))
-    searches = [subprocess.Popen([sys.executable, "-m", "normexp.search", *args, f"hydra.run.dir={tmp_path}/{i}"],
-                                 cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    searches = [forked.Popen([sys.executable, "-m", "normexp.search", *args, f"hydra.run.dir={tmp_path}/{i}"],
+                             cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 for i in range(2)]
     try:
         outputs = [search.communicate(timeout=300) for search in searches]
