@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The entry modules the server imports; each command's own module then runs as __main__, as `python -m` runs it.
-ENTRIES = ("normexp.train", "normexp.search", "normexp.report")
+ENTRIES = ("normexp.train", "normexp.search")
 MESSAGE_BYTES = 1 << 20  # a request: the command line, cwd and environment, pickled
 SERVER_ENV = dict(os.environ)  # in the server: the environment it started, and imported, with
 
@@ -114,6 +114,7 @@ class _Client:
             if message is None:
                 raise RuntimeError(f"the command server did not start {request['argv']} within 60 s")
             if message[0] == "started":
+                self.ended.pop(message[1], None)  # an earlier command's, whose pid the system gave again
                 return message[1]
 
     def returncode(self, pid: int, timeout: float | None) -> int | None:
