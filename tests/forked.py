@@ -9,8 +9,9 @@ environment, session and signals, as `python -m` runs it (the module as __main__
 exit, atexit handlers included); the processes it starts (joblib workers, a search's forkserver) are fresh
 interpreters, as anywhere. What differs: its modules were imported before its environment was set (torch's
 threads read OMP_NUM_THREADS then; PYTHONWARNINGS and PYTHONFAULTHANDLER are applied here), and their import-time
-warnings went to the server's stderr. The tests about exactly that start fresh interpreters: test_commands and
-test_domains (a command's whole stderr), test_tracking_native's multirun (no library noise), test_imports.
+warnings went to the server's stderr. The tests about exactly that start fresh interpreters: test_domains (a
+command's whole stderr), test_tracking_native's multirun (no library noise), test_imports; test_commands runs
+one refusal both ways and expects the same exit and stderr.
 
 The server is this pytest worker's: started at its first command, it ends when the worker does (its socket
 closes). It forks each command and reports how it ended.
@@ -53,12 +54,14 @@ class Popen(subprocess.Popen):
         if list(args[:2]) != [sys.executable, "-m"] or args[2] not in ENTRIES:
             raise ValueError(f"forked.Popen runs `{sys.executable} -m` one of {ENTRIES}, not {args!r}")
         if preexec_fn is not None or pass_fds or executable is not None or shell:
-            raise ValueError("forked.Popen takes restore_sigint instead of preexec_fn, and no pass_fds, executable or shell")
+            raise ValueError("forked.Popen takes restore_sigint instead of preexec_fn; no pass_fds, executable, shell")
         request = {"argv": [str(a) for a in args], "cwd": os.fspath(cwd or os.getcwd()),
                    "env": dict(os.environ if env is None else env), "new_session": start_new_session,
                    "restore_sigint": self.restore_sigint}
+        # -1: this process's own stdin, stdout or stderr, as a subprocess inherits them (pytest's capture of this test).
+        std_fds = [target if fd == -1 else fd for target, fd in enumerate((p2cread, c2pwrite, errwrite))]
         try:
-            self.pid = _server().start(request, [p2cread, c2pwrite, errwrite])
+            self.pid = _server().start(request, std_fds)
             self._child_created = True
         finally:
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
@@ -98,21 +101,20 @@ class _Client:
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # stdin: /dev/null for commands that do not set theirs; stdout and stderr: this worker's, like a subprocess's.
-        self.process = subprocess.Popen([sys.executable, "-c", f"from tests import forked; forked.serve({theirs.fileno()})"],
-                                        cwd=ROOT, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        serve = f"from tests import forked; forked.serve({theirs.fileno()})"
+        self.process = subprocess.Popen([sys.executable, "-c", serve], cwd=ROOT, pass_fds=[theirs.fileno()],
+                                        stdin=subprocess.DEVNULL)
         theirs.close()
         self.socket = ours
         self.ended: dict[int, int] = {}
 
-    def start(self, request: dict, fds: list[int]) -> int:
-        """Fork the command; `fds`: its stdin, stdout and stderr, -1 for the server's own. Returns its pid."""
-        request["std_fds"] = [target for target, fd in enumerate(fds) if fd != -1]
-        socket.send_fds(self.socket, [pickle.dumps(request)], [fd for fd in fds if fd != -1])
+    def start(self, request: dict, std_fds: list[int]) -> int:
+        """Fork the command with `std_fds` as its stdin, stdout and stderr. Returns its pid."""
+        socket.send_fds(self.socket, [pickle.dumps(request)], std_fds)
         while True:
-            message = self._receive(timeout=60)
+            message = self._receive(timeout=300)  # the first waits for the server's imports
             if message is None:
-                raise RuntimeError(f"the command server did not start {request['argv']} within 60 s")
+                raise RuntimeError(f"the command server did not start {request['argv']} within 300 s")
             if message[0] == "started":
                 self.ended.pop(message[1], None)  # an earlier command's, whose pid the system gave again
                 return message[1]
@@ -201,7 +203,7 @@ def _run_command(request: dict, fds: list[int]) -> None:
         os.setsid()
     if request["restore_sigint"]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    for target, fd in zip(request["std_fds"], fds):
+    for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])

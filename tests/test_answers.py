@@ -3,12 +3,21 @@ from its stored runs; the presets say how it shortens them; the committed summar
 
 import argparse
 import re
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
 from normexp.answers import page as answers_page, questions, run
 from normexp.tracking import stores
+from tests import forked
 from tests.conftest import NO_MODEL
+
+
+@pytest.fixture(autouse=True)
+def forked_commands(monkeypatch):
+    """The sweeps and searches that answers/run.py starts with subprocess.run, forked (tests/forked.py)."""
+    monkeypatch.setattr(run, "subprocess", SimpleNamespace(**{**vars(subprocess), "run": forked.run}))
 
 
 def test_one_preset_is_answered_into_the_page_and_the_readme_summary(tmp_path, tracking_uri):

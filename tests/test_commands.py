@@ -12,6 +12,7 @@ import pytest
 
 from normexp import search, train
 from normexp.tracking import commands
+from tests import forked
 from tests.conftest import CONF_DIR, refusal
 
 
@@ -82,10 +83,12 @@ def test_resume_without_a_killed_run_is_refused(monkeypatch, tmp_path):
         train.main()
 
 
-def test_the_real_stderr_is_the_one_line_and_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "normexp.train", "experiment=convergance",
-                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+# A fresh interpreter, and forked as most tests' commands are (tests/forked.py): the same exit, the same stderr.
+@pytest.mark.parametrize("run", [subprocess.run, forked.run], ids=["fresh", "forked"])
+def test_the_real_stderr_is_the_one_line_and_no_traceback(tmp_path, run):
+    done = run([sys.executable, "-m", "normexp.train", "experiment=convergance",
+                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, capture_output=True, text=True,
+               timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "error: unknown experiment 'convergance'; expected one of " + ", ".join(
