@@ -3,7 +3,6 @@
 import functools
 import itertools
 import json
-import subprocess
 import sys
 
 import pytest
@@ -74,10 +73,10 @@ def test_preset_runs_shrunk_as_one_tracked_sweep_with_its_report(name, shrink, n
                                                                  experiment_name, experiment_runs, mlflow_client):
     # No -m: the preset itself makes it a multirun.
     done = forked.run(
-    [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
-     "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={tracking_uri}",
-     f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
-    cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "normexp.train", f"experiment={name}", "dataset=digits", *shrink,
+         "probes.enabled=false", "trainer.progress_bar=false", NO_MODEL, f"tracking.uri={tracking_uri}",
+         f"tracking.experiment={experiment_name}", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = experiment_runs()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -99,9 +99,9 @@ def test_a_live_run_renews_its_lease_and_is_never_reaped(compose_cfg, mlflow_cli
 def test_a_sigkilled_training_run_is_ended_killed_by_the_next_command(compose_cfg, tmp_path, tracking_uri,
                                                                      experiment_name, mlflow_client, experiment_runs):
     process = forked.Popen(
-    [sys.executable, "-m", "normexp.train", "trainer.max_epochs=500", "tracking.heartbeat_s=0.5",
-     "tracking.lease_s=3", f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
-     f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "normexp.train", "trainer.max_epochs=500", "tracking.heartbeat_s=0.5",
+         "tracking.lease_s=3", f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}",
+         f"hydra.run.dir={tmp_path}/out"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (runs := experiment_runs()) or not mlflow_client.get_metric_history(runs[0].info.run_id, "val/acc"):

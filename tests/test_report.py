@@ -4,7 +4,6 @@ against the runs' own metrics, diverged runs marked "no", the report on the pare
 import csv
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,11 +30,11 @@ def run_sweep(folder: Path) -> None:
     """The lr_tolerance preset shrunk on digits: none/bn x 2 learning rates x 2 seeds, 3 epochs, one multirun
     in a store of its own in `folder`, its stdout in folder/stdout.txt."""
     done = forked.run(
-    [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
-     f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
-     f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.experiment=report_sweep",
-     f"hydra.sweep.dir={folder}/sweep"],
-    cwd=folder, capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "normexp.train", "-m", "experiment=lr_tolerance", "dataset=digits",
+         f"optim.lr={','.join(LRS)}", "seed=0,1", "trainer.max_epochs=3", "trainer.progress_bar=false", NO_MODEL,
+         f"tracking.uri=sqlite:///{folder}/mlflow.db", "tracking.experiment=report_sweep",
+         f"hydra.sweep.dir={folder}/sweep"],
+        cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (folder / "stdout.txt").write_text(done.stdout)
 

@@ -222,10 +222,10 @@ def test_a_signal_while_the_workers_forkserver_imports_ends_the_search_and_no_wo
 def test_the_search_callback_works_in_a_single_run_too(tmp_path, tracking_uri, experiment_name):
     # Hydra calls a single run's on_job_end as well; the search's sweep callback must not fail there.
     done = forked.run(
-    [sys.executable, "-m", "normexp.search", "norm=bn", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
-     "search.lr_max=0.1", "search.resolution=10", f"search.storage=sqlite:///{tmp_path}/optuna.db",
-     f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
-    cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "normexp.search", "norm=bn", "search.epochs=1", "search.seeds=1", "search.lr_min=0.01",
+         "search.lr_max=0.1", "search.resolution=10", f"search.storage=sqlite:///{tmp_path}/optuna.db",
+         f"tracking.uri={tracking_uri}", f"tracking.experiment={experiment_name}", f"hydra.run.dir={tmp_path}/out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr
     assert "max stable lr" in done.stdout

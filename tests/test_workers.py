@@ -118,10 +118,10 @@ def test_the_same_search_run_twice_at_once_shares_the_study_and_its_run(tmp_path
                              cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 for i in range(2)]
     try:
-        outputs = [search.communicate(timeout=300) for search in searches]
+        outputs = [process.communicate(timeout=300) for process in searches]
     finally:
-        for search in searches:
-            search.kill()
+        for process in searches:
+            process.kill()
     assert [s.returncode for s in searches] == [0, 0], [err[-2000:] for _, err in outputs]
     decided = [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state in studies.DECIDED]
     assert len({round(math.log(t.params["lr"]), 9) for t in decided}) == len(decided)  # no rate twice
